@@ -1,0 +1,134 @@
+//! The internal request and response that both wire adapters produce and consume
+//! (see [`crate::protocol`]). Routes see only these types, so every route behaves the same
+//! in invocation-payload and forwarding mode.
+
+use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+
+/// Which function was called (the folder name of its `function.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// `query/`: cache-aside read.
+    Query,
+    /// `update/`: write to Cosmos, then invalidate.
+    Update,
+}
+
+impl Function {
+    /// Looks a function up by its folder name (case-insensitive, as the host treats names).
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.eq_ignore_ascii_case("query") {
+            Some(Self::Query)
+        } else if name.eq_ignore_ascii_case("update") {
+            Some(Self::Update)
+        } else {
+            None
+        }
+    }
+
+    /// The folder name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Update => "update",
+        }
+    }
+}
+
+/// One client HTTP request, whichever way the host delivered it.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    /// The function called.
+    pub function: Function,
+    /// The client's HTTP method.
+    pub method: Method,
+    /// Decoded query-string pairs in arrival order (the host may have comma-joined
+    /// repeated keys already: spec §4.3, §6).
+    pub query: Vec<(String, String)>,
+    /// The client's request body (empty when absent).
+    pub body: Bytes,
+    /// `X-Azure-Functions-InvocationId`, for log correlation.
+    pub invocation_id: Option<String>,
+}
+
+impl ApiRequest {
+    /// The first value of query parameter `name` (exact, case-sensitive match).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Whether a `query` response came from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Served from Redis.
+    Hit,
+    /// Read from Cosmos (and stored in Redis when possible).
+    Miss,
+    /// Redis was unavailable or skipped: read from Cosmos, nothing stored.
+    Bypass,
+}
+
+impl CacheOutcome {
+    /// The `x-cache` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+/// One response to the client. The body is always JSON (`application/json`).
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    /// HTTP status for the client.
+    pub status: StatusCode,
+    /// JSON body bytes (UTF-8).
+    pub body: Bytes,
+    /// `x-cache` header, on `query` responses.
+    pub cache: Option<CacheOutcome>,
+    /// `x-ms-request-charge` header: Cosmos request units consumed, when Cosmos was called.
+    pub request_charge: Option<f64>,
+    /// `Retry-After` header in seconds.
+    pub retry_after_secs: Option<u64>,
+    /// `x-cache-invalidation` header on `update`: `done`, or `pending` when Redis was
+    /// unreachable and the invalidation is being retried in the background.
+    pub invalidation: Option<&'static str>,
+}
+
+impl ApiResponse {
+    /// A JSON response with no extra headers.
+    pub fn json(status: StatusCode, body: Bytes) -> Self {
+        Self {
+            status,
+            body,
+            cache: None,
+            request_charge: None,
+            retry_after_secs: None,
+            invalidation: None,
+        }
+    }
+
+    /// The extra headers to send besides `Content-Type`, as (name, value) pairs.
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(c) = self.cache {
+            headers.push(("x-cache", c.as_str().to_string()));
+        }
+        if let Some(rc) = self.request_charge {
+            headers.push(("x-ms-request-charge", format!("{rc:.2}")));
+        }
+        if let Some(s) = self.retry_after_secs {
+            headers.push(("retry-after", s.to_string()));
+        }
+        if let Some(i) = self.invalidation {
+            headers.push(("x-cache-invalidation", i.to_string()));
+        }
+        headers
+    }
+}

@@ -1,0 +1,505 @@
+//! Settings, read once from environment variables (the Function App's app settings, or
+//! `local.settings.json` `Values` under `func start`).
+//!
+//! Every setting has one name, listed in [`names`]. A missing or malformed setting stops
+//! start-up with a [`ConfigError`] that names the variable and never contains its value:
+//! connection strings carry keys and passwords.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+
+/// The environment variable names this binary reads. `local.settings.json.example` lists each.
+pub mod names {
+    /// Port to listen on, set by the Functions host (spec §2.3).
+    pub const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+    /// Legacy name of the same port; the host sets both (spec §2.3).
+    pub const PORT_LEGACY: &str = "FUNCTIONS_HTTPWORKER_PORT";
+    /// `redis://`, `rediss://` URL or the Azure portal's StackExchange.Redis form.
+    pub const REDIS: &str = "REDIS_CONNECTION_STRING";
+    /// Cosmos "PRIMARY CONNECTION STRING": `AccountEndpoint=...;AccountKey=...;`.
+    pub const COSMOS_CONNECTION_STRING: &str = "COSMOS_CONNECTION_STRING";
+    /// Cosmos account endpoint, used with [`COSMOS_KEY`] when no connection string is set.
+    pub const COSMOS_ENDPOINT: &str = "COSMOS_ENDPOINT";
+    /// Cosmos account key, used with [`COSMOS_ENDPOINT`].
+    pub const COSMOS_KEY: &str = "COSMOS_KEY";
+    /// Database name.
+    pub const COSMOS_DATABASE: &str = "COSMOS_DATABASE";
+    /// Container name.
+    pub const COSMOS_CONTAINER: &str = "COSMOS_CONTAINER";
+    /// Cache entry time-to-live in seconds (default 300).
+    pub const CACHE_TTL_SECONDS: &str = "CACHE_TTL_SECONDS";
+    /// TTL jitter in percent, ± (default 10).
+    pub const CACHE_TTL_JITTER_PERCENT: &str = "CACHE_TTL_JITTER_PERCENT";
+    /// Largest response body stored in Redis, in bytes (default 1 MiB).
+    pub const CACHE_MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
+    /// Outer timeout of every Redis call, in milliseconds (default 250).
+    pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
+    /// Budget for retrying throttled (429) Cosmos calls, in milliseconds (default 5000).
+    pub const COSMOS_THROTTLE_BUDGET_MS: &str = "COSMOS_THROTTLE_BUDGET_MS";
+    /// `json` for JSON log lines, `text` for human-readable ones (default: `json` in Azure).
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+}
+
+/// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for handing to a client library. Never log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A start-up error naming the setting at fault. Its text never contains the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting {name}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable's name.
+    pub name: &'static str,
+    /// What is wrong with it, without its value.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(name: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where and how to reach the Cosmos DB account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CosmosSettings {
+    /// Account endpoint, e.g. `https://<account>.documents.azure.com:443/`.
+    pub endpoint: String,
+    /// Account key (base64 text).
+    pub key: Secret,
+    /// Database name.
+    pub database: String,
+    /// Container name.
+    pub container: String,
+}
+
+/// Cache tuning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Time-to-live of a cached query page.
+    pub ttl: Duration,
+    /// ± jitter applied to `ttl`, in percent (0–50).
+    pub ttl_jitter_percent: u8,
+    /// Largest body stored in Redis, in bytes; larger pages are served but not cached.
+    pub max_value_bytes: usize,
+    /// Outer timeout wrapped around every Redis call.
+    pub redis_timeout: Duration,
+}
+
+/// All settings of the handler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// TCP port on 127.0.0.1 to listen on.
+    pub port: u16,
+    /// Redis connection parameters (the password is inside and is never printed by us).
+    pub redis: RedisTarget,
+    /// Cosmos DB account and container.
+    pub cosmos: CosmosSettings,
+    /// Cache tuning.
+    pub cache: CacheSettings,
+    /// Total time the Cosmos SDK may spend waiting on throttled (429) retries.
+    pub cosmos_throttle_budget: Duration,
+    /// JSON log lines instead of human-readable text.
+    pub json_logs: bool,
+}
+
+/// Parsed `REDIS_CONNECTION_STRING`.
+#[derive(Clone)]
+pub struct RedisTarget {
+    /// What the `redis` crate connects with.
+    pub info: ConnectionInfo,
+    /// `host:port` for logs (no credentials).
+    pub display_addr: String,
+    /// Whether TLS is used.
+    pub tls: bool,
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("addr", &self.display_addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Reads every setting from the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first missing or malformed variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every setting through `get` (a variable name → its value), so tests need not
+    /// touch the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first missing or malformed variable.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let port = match get(names::PORT)
+            .map(|v| (names::PORT, v))
+            .or_else(|| get(names::PORT_LEGACY).map(|v| (names::PORT_LEGACY, v)))
+        {
+            Some((name, v)) => v
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| ConfigError::new(name, "must be a TCP port number (1-65535)"))?,
+            // `func start` always sets it; a bare `cargo run` gets a fixed dev port.
+            None => 3000,
+        };
+        let redis_raw =
+            get(names::REDIS).ok_or_else(|| ConfigError::new(names::REDIS, "is not set"))?;
+        let redis = parse_redis_connection_string(&redis_raw)
+            .map_err(|problem| ConfigError::new(names::REDIS, problem))?;
+        let cosmos = cosmos_from(&get)?;
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(v) => match v.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        _ => Err(ConfigError::new(
+                            name,
+                            format!("must be a whole number from {min} to {max}"),
+                        )),
+                    },
+                }
+            };
+        let cache = CacheSettings {
+            ttl: Duration::from_secs(number(names::CACHE_TTL_SECONDS, 300, 1, 30 * 86_400)?),
+            ttl_jitter_percent: number(names::CACHE_TTL_JITTER_PERCENT, 10, 0, 50)? as u8,
+            max_value_bytes: number(names::CACHE_MAX_VALUE_BYTES, 1 << 20, 1, 512 << 20)? as usize,
+            redis_timeout: Duration::from_millis(number(names::REDIS_TIMEOUT_MS, 250, 1, 60_000)?),
+        };
+        let cosmos_throttle_budget =
+            Duration::from_millis(number(names::COSMOS_THROTTLE_BUDGET_MS, 5_000, 0, 120_000)?);
+        let json_logs = match get(names::LOG_FORMAT).as_deref().map(str::trim) {
+            Some("json") => true,
+            Some("text") => false,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    names::LOG_FORMAT,
+                    "must be `json` or `text`",
+                ));
+            }
+            // WEBSITE_INSTANCE_ID is set on every Azure App Service / Functions instance.
+            None => get("WEBSITE_INSTANCE_ID").is_some(),
+        };
+        Ok(Settings {
+            port,
+            redis,
+            cosmos,
+            cache,
+            cosmos_throttle_budget,
+            json_logs,
+        })
+    }
+}
+
+/// Reads only the Cosmos settings (the seeding command needs no Redis).
+///
+/// # Errors
+/// [`ConfigError`] naming the first missing or malformed variable.
+pub fn cosmos_from_env() -> Result<CosmosSettings, ConfigError> {
+    cosmos_from(&|name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
+fn cosmos_from(get: &dyn Fn(&str) -> Option<String>) -> Result<CosmosSettings, ConfigError> {
+    let (endpoint, key) = match get(names::COSMOS_CONNECTION_STRING) {
+        Some(cs) => parse_cosmos_connection_string(&cs)
+            .map_err(|p| ConfigError::new(names::COSMOS_CONNECTION_STRING, p))?,
+        None => {
+            let endpoint = get(names::COSMOS_ENDPOINT).ok_or_else(|| {
+                ConfigError::new(
+                    names::COSMOS_ENDPOINT,
+                    "is not set (set COSMOS_CONNECTION_STRING, or COSMOS_ENDPOINT and COSMOS_KEY)",
+                )
+            })?;
+            let key = get(names::COSMOS_KEY)
+                .ok_or_else(|| ConfigError::new(names::COSMOS_KEY, "is not set"))?;
+            (endpoint, Secret::new(key))
+        }
+    };
+    check_endpoint(&endpoint).map_err(|p| {
+        let name = if get(names::COSMOS_CONNECTION_STRING).is_some() {
+            names::COSMOS_CONNECTION_STRING
+        } else {
+            names::COSMOS_ENDPOINT
+        };
+        ConfigError::new(name, p)
+    })?;
+    let database = get(names::COSMOS_DATABASE)
+        .ok_or_else(|| ConfigError::new(names::COSMOS_DATABASE, "is not set"))?;
+    let container = get(names::COSMOS_CONTAINER)
+        .ok_or_else(|| ConfigError::new(names::COSMOS_CONTAINER, "is not set"))?;
+    Ok(CosmosSettings {
+        endpoint,
+        key,
+        database,
+        container,
+    })
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let lower = endpoint.to_ascii_lowercase();
+    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+        return Err(
+            "the account endpoint must start with https:// (or http:// for a local emulator)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Parses a Cosmos DB connection string as the Azure portal shows it
+/// ("PRIMARY CONNECTION STRING"): `AccountEndpoint=https://x.documents.azure.com:443/;AccountKey=abc==;`.
+/// Keys are case-insensitive; values may contain `=` (base64 padding); unknown keys are ignored.
+///
+/// # Errors
+/// A description of the problem that never includes the key.
+pub fn parse_cosmos_connection_string(s: &str) -> Result<(String, Secret), String> {
+    let mut endpoint = None;
+    let mut key = None;
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err("is not of the form AccountEndpoint=...;AccountKey=...;".into());
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "accountendpoint" => endpoint = Some(v.trim().to_string()),
+            "accountkey" => key = Some(Secret::new(v.trim())),
+            _ => {}
+        }
+    }
+    match (endpoint, key) {
+        (Some(e), Some(k)) if !e.is_empty() && !k.expose().is_empty() => Ok((e, k)),
+        (None, _) | (Some(_), None) if s.is_empty() => Err("is empty".into()),
+        (e, _) if e.as_deref().is_none_or(str::is_empty) => Err("has no AccountEndpoint".into()),
+        _ => Err("has no AccountKey".into()),
+    }
+}
+
+/// Parses `REDIS_CONNECTION_STRING`: a `redis://` or `rediss://` URL
+/// (`rediss://:password@host:6380/0`), or the Azure portal's "Primary connection string
+/// (StackExchange.Redis)" form `host:6380,password=...,ssl=True,abortConnect=False`
+/// (options are case-insensitive; `user=` is read for ACL users; others are ignored).
+///
+/// # Errors
+/// A description of the problem that never includes the password.
+pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with("redis://") || lower.starts_with("rediss://") {
+        let info = s
+            .into_connection_info()
+            .map_err(|_| "is not a valid redis:// or rediss:// URL".to_string())?;
+        let (display_addr, tls) = match info.addr() {
+            ConnectionAddr::Tcp(h, p) => (format!("{h}:{p}"), false),
+            ConnectionAddr::TcpTls { host, port, .. } => (format!("{host}:{port}"), true),
+            _ => return Err("must name a TCP host and port".into()),
+        };
+        return Ok(RedisTarget {
+            info,
+            display_addr,
+            tls,
+        });
+    }
+    let mut parts = s.split(',').map(str::trim);
+    let endpoint = parts.next().unwrap_or_default();
+    if endpoint.is_empty() || endpoint.contains('=') {
+        return Err(
+            "must be a redis:// URL or start with host:port (StackExchange.Redis form)".into(),
+        );
+    }
+    let (host, port) = match endpoint.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_matches(|c| c == '[' || c == ']'),
+            p.parse::<u16>()
+                .map_err(|_| "has an invalid port in host:port".to_string())?,
+        ),
+        None => (endpoint, 6379),
+    };
+    if host.is_empty() {
+        return Err("has an empty host".into());
+    }
+    let mut password = None;
+    let mut user = None;
+    let mut tls = false;
+    for option in parts.filter(|p| !p.is_empty()) {
+        let Some((k, v)) = option.split_once('=') else {
+            return Err("has an option without `=` (expected name=value after the host)".into());
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "password" => password = Some(v.to_string()),
+            "user" => user = Some(v.trim().to_string()),
+            "ssl" => {
+                tls = match v.trim().to_ascii_lowercase().as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err("has ssl= that is neither True nor False".into()),
+                }
+            }
+            _ => {}
+        }
+    }
+    let addr = if tls {
+        ConnectionAddr::TcpTls {
+            host: host.to_string(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.to_string(), port)
+    };
+    let mut redis_info = RedisConnectionInfo::default();
+    if let Some(p) = password {
+        redis_info = redis_info.set_password(p);
+    }
+    if let Some(u) = user {
+        redis_info = redis_info.set_username(u);
+    }
+    let info = addr
+        .into_connection_info()
+        .map_err(|_| "could not be turned into a connection".to_string())?
+        .set_redis_settings(redis_info);
+    Ok(RedisTarget {
+        info,
+        display_addr: format!("{host}:{port}"),
+        tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            (names::REDIS, "redis://127.0.0.1:6379".to_string()),
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey=c2VjcmV0/+k==;"
+                    .to_string(),
+            ),
+            (names::COSMOS_DATABASE, "tutorial".to_string()),
+            (names::COSMOS_CONTAINER, "us_cities".to_string()),
+        ])
+    }
+
+    fn load(env: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|n| env.get(n).cloned())
+    }
+
+    #[test]
+    fn portal_cosmos_connection_string_keeps_padding() {
+        let s = load(&base()).expect("valid settings");
+        assert_eq!(s.cosmos.endpoint, "https://acct.documents.azure.com:443/");
+        assert_eq!(s.cosmos.key.expose(), "c2VjcmV0/+k==");
+        assert_eq!(s.cache.ttl, Duration::from_secs(300));
+        assert_eq!(s.port, 3000);
+    }
+
+    #[test]
+    fn stackexchange_form_with_tricky_password() {
+        let t = parse_redis_connection_string(
+            "contoso.redis.cache.windows.net:6380,password=ab/c+d=e==,ssl=True,abortConnect=False",
+        )
+        .expect("parses");
+        assert!(t.tls);
+        assert_eq!(t.display_addr, "contoso.redis.cache.windows.net:6380");
+        assert_eq!(t.info.redis_settings().password(), Some("ab/c+d=e=="));
+    }
+
+    #[test]
+    fn managed_redis_endpoint_and_urls() {
+        let t = parse_redis_connection_string(
+            "myc.westeurope.redis.azure.net:10000,password=x=,ssl=True,abortConnect=False",
+        )
+        .expect("parses");
+        assert_eq!(t.display_addr, "myc.westeurope.redis.azure.net:10000");
+        assert!(t.tls);
+        let u = parse_redis_connection_string("rediss://:p%2Fw@h.example:6380/0").expect("url");
+        assert!(u.tls);
+        assert_eq!(u.display_addr, "h.example:6380");
+        assert_eq!(u.info.redis_settings().password(), Some("p/w"));
+        let plain = parse_redis_connection_string("localhost:6379").expect("bare host");
+        assert!(!plain.tls);
+    }
+
+    #[test]
+    fn malformed_settings_name_the_variable_and_hide_the_value() {
+        let mut env = base();
+        env.insert(names::REDIS, "h:notaport,password=hunter2secret".into());
+        let e = load(&env).expect_err("bad port");
+        assert_eq!(e.name, names::REDIS);
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+
+        let mut env = base();
+        env.insert(
+            names::COSMOS_CONNECTION_STRING,
+            "AccountKey=topsecretkey==".into(),
+        );
+        let e = load(&env).expect_err("no endpoint");
+        assert_eq!(e.name, names::COSMOS_CONNECTION_STRING);
+        assert!(!e.to_string().contains("topsecretkey"), "{e}");
+
+        let mut env = base();
+        env.remove(names::COSMOS_CONNECTION_STRING);
+        assert_eq!(
+            load(&env).expect_err("missing").name,
+            names::COSMOS_ENDPOINT
+        );
+        env.insert(names::COSMOS_ENDPOINT, "http://127.0.0.1:8081".into());
+        assert_eq!(load(&env).expect_err("missing key").name, names::COSMOS_KEY);
+
+        let mut env = base();
+        env.insert(names::CACHE_TTL_SECONDS, "0".into());
+        assert_eq!(
+            load(&env).expect_err("ttl 0").name,
+            names::CACHE_TTL_SECONDS
+        );
+
+        let mut env = base();
+        env.remove(names::REDIS);
+        assert_eq!(load(&env).expect_err("no redis").name, names::REDIS);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = load(&base()).expect("valid");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("c2VjcmV0"), "{printed}");
+    }
+}

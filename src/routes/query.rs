@@ -1,0 +1,337 @@
+//! `query`: cache-aside read.
+//!
+//! - `GET ?<field>=<value>&...`: equality on top-level fields, ANDed, values compared as
+//!   strings. Reserved: `maxItemCount` (1–1000, default 100), `continuation`, `partitionKey`,
+//!   `code` (the function key, never a filter). A filter on the container's partition-key field
+//!   also scopes the query to that partition (cheaper in RU than a cross-partition query).
+//! - `POST` with `{"query":"SELECT ...","parameters":[{"name":"@x","value":...}],
+//!   "partitionKey":...,"maxItemCount":n,"continuation":"..."}` (the Cosmos REST query shape).
+//!
+//! Response `200 {"items":[...],"count":n,"continuation":"..."|null}` with `x-cache`.
+
+use axum::http::{Method, StatusCode};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::api::{ApiRequest, ApiResponse};
+use crate::cache::Filled;
+use crate::error::AppError;
+use crate::routes::is_identifier;
+use crate::state::AppState;
+use crate::store::{PkValue, QuerySpec};
+
+/// Page size when the client gives none.
+pub const DEFAULT_MAX_ITEM_COUNT: u32 = 100;
+/// Largest page a client may ask for.
+pub const MAX_ITEM_COUNT: u32 = 1000;
+/// Query parameters that are never filters.
+pub const RESERVED: [&str; 4] = ["maxItemCount", "continuation", "partitionKey", "code"];
+
+/// Serves one `query` request.
+///
+/// # Errors
+/// `BadRequest` naming the field; store errors (`BadQuery`, `Throttled`, `Unavailable`).
+pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
+    let spec = if req.method == Method::GET {
+        let pk_path = state.store.partition_key_path().await?;
+        spec_from_query_string(&req.query, &pk_path)?
+    } else if req.method == Method::POST {
+        spec_from_body(&req.body)?
+    } else {
+        return Err(AppError::MethodNotAllowed);
+    };
+    let store = state.store.clone();
+    let fill_spec = spec.clone();
+    let served = state
+        .cache
+        .get_or_fill(&spec, move || async move {
+            let page = store.query(&fill_spec).await?;
+            let body = json!({
+                "items": page.items,
+                "count": page.items.len(),
+                "continuation": page.continuation,
+            });
+            Ok(Filled {
+                body: Bytes::from(body.to_string()),
+                request_charge: page.request_charge,
+            })
+        })
+        .await?;
+    let mut response = ApiResponse::json(StatusCode::OK, served.body);
+    response.cache = Some(served.outcome);
+    response.request_charge = served.request_charge;
+    Ok(response)
+}
+
+/// Builds the query of a `GET`: filters sorted by field name, parameters named after fields.
+///
+/// # Errors
+/// `BadRequest` naming the parameter.
+pub fn spec_from_query_string(
+    query: &[(String, String)],
+    pk_path: &str,
+) -> Result<QuerySpec, AppError> {
+    let mut filters: Vec<(&str, &str)> = Vec::new();
+    let mut max_item_count = DEFAULT_MAX_ITEM_COUNT;
+    let mut continuation = None;
+    let mut partition_key = None;
+    for (name, value) in query {
+        match name.as_str() {
+            "code" => {}
+            "maxItemCount" => max_item_count = parse_max_item_count(value)?,
+            "continuation" => continuation = Some(value.clone()).filter(|c| !c.is_empty()),
+            "partitionKey" => partition_key = Some(PkValue::Str(value.clone())),
+            field => {
+                if !is_identifier(field) {
+                    return Err(AppError::bad_request(
+                        field,
+                        "filter names must match [A-Za-z_][A-Za-z0-9_]*",
+                    ));
+                }
+                if filters.iter().any(|(f, _)| *f == field) {
+                    return Err(AppError::bad_request(field, "is given more than once"));
+                }
+                filters.push((field, value));
+            }
+        }
+    }
+    filters.sort_by(|a, b| a.0.cmp(b.0));
+    // A filter on the partition-key field (path `/state` → field `state`) pins the partition.
+    let pk_field = pk_path.strip_prefix('/').filter(|f| !f.contains('/'));
+    if partition_key.is_none() {
+        if let Some((_, v)) = filters.iter().find(|(f, _)| Some(*f) == pk_field) {
+            partition_key = Some(PkValue::Str((*v).to_string()));
+        }
+    }
+    let mut text = String::from("SELECT * FROM c");
+    for (i, (field, _)) in filters.iter().enumerate() {
+        text.push_str(if i == 0 { " WHERE " } else { " AND " });
+        text.push_str(&format!("c.{field} = @{field}"));
+    }
+    Ok(QuerySpec {
+        text,
+        parameters: filters
+            .iter()
+            .map(|(f, v)| (format!("@{f}"), Value::String((*v).to_string())))
+            .collect(),
+        partition_key,
+        max_item_count,
+        continuation,
+    })
+}
+
+fn parse_max_item_count(value: &str) -> Result<u32, AppError> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_ITEM_COUNT).contains(&n) => Ok(n),
+        _ => Err(max_item_count_error()),
+    }
+}
+
+fn max_item_count_error() -> AppError {
+    AppError::bad_request(
+        "maxItemCount",
+        format!("must be a whole number from 1 to {MAX_ITEM_COUNT}"),
+    )
+}
+
+/// Builds the query of a `POST` from the Cosmos REST query shape.
+///
+/// # Errors
+/// `BadRequest` naming the JSON field (`query`, `parameters[1].name`, ...).
+pub fn spec_from_body(body: &[u8]) -> Result<QuerySpec, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(AppError::bad_request(
+            "body",
+            "expected a JSON object {\"query\": \"SELECT ...\", \"parameters\": [...]}",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request("body", format!("is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(AppError::bad_request("body", "must be a JSON object"));
+    };
+    let known = [
+        "query",
+        "parameters",
+        "partitionKey",
+        "maxItemCount",
+        "continuation",
+    ];
+    if let Some(unknown) = object.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(AppError::bad_request(
+            unknown.as_str(),
+            format!(
+                "is not a known field (expected one of {})",
+                known.join(", ")
+            ),
+        ));
+    }
+    let text = match object.get("query") {
+        Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
+        Some(_) => return Err(AppError::bad_request("query", "must be a non-empty string")),
+        None => return Err(AppError::bad_request("query", "is required")),
+    };
+    let parameters = parse_parameters(&object)?;
+    let partition_key = match object.get("partitionKey") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(PkValue::from_json(v).ok_or_else(|| {
+            AppError::bad_request("partitionKey", "must be a string, number or boolean")
+        })?),
+    };
+    let max_item_count = match object.get("maxItemCount") {
+        None | Some(Value::Null) => DEFAULT_MAX_ITEM_COUNT,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) if (1..=u64::from(MAX_ITEM_COUNT)).contains(&n) => n as u32,
+            _ => return Err(max_item_count_error()),
+        },
+        Some(_) => return Err(max_item_count_error()),
+    };
+    let continuation = match object.get("continuation") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "continuation",
+                "must be the string from a previous response, or null",
+            ));
+        }
+    };
+    Ok(QuerySpec {
+        text,
+        parameters,
+        partition_key,
+        max_item_count,
+        continuation,
+    })
+}
+
+fn parse_parameters(object: &Map<String, Value>) -> Result<Vec<(String, Value)>, AppError> {
+    let list = match object.get("parameters") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "parameters",
+                "must be an array of {\"name\": \"@x\", \"value\": ...}",
+            ));
+        }
+    };
+    let mut parameters: Vec<(String, Value)> = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let name = match p.get("name") {
+            Some(Value::String(n)) if n.strip_prefix('@').is_some_and(is_identifier) => n.clone(),
+            _ => {
+                return Err(AppError::bad_request(
+                    format!("parameters[{i}].name"),
+                    "must be a string such as \"@city\" (@ followed by [A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+        };
+        let Some(value) = p.get("value") else {
+            return Err(AppError::bad_request(
+                format!("parameters[{i}].value"),
+                "is required",
+            ));
+        };
+        if parameters.iter().any(|(n, _)| *n == name) {
+            return Err(AppError::bad_request(
+                format!("parameters[{i}].name"),
+                "is given more than once",
+            ));
+        }
+        parameters.push((name, value.clone()));
+    }
+    parameters.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(parameters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn field_of(e: AppError) -> String {
+        match e {
+            AppError::BadRequest { field, .. } => field,
+            other => panic!("expected BadRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_builds_sorted_parameterized_sql_and_pins_partition() {
+        let spec = spec_from_query_string(
+            &q(&[
+                ("state", "Texas"),
+                ("city", "Austin"),
+                ("code", "k"),
+                ("maxItemCount", "5"),
+            ]),
+            "/state",
+        )
+        .expect("valid");
+        assert_eq!(
+            spec.text,
+            "SELECT * FROM c WHERE c.city = @city AND c.state = @state"
+        );
+        assert_eq!(
+            spec.parameters[0],
+            ("@city".into(), Value::String("Austin".into()))
+        );
+        assert_eq!(spec.partition_key, Some(PkValue::Str("Texas".into())));
+        assert_eq!(spec.max_item_count, 5);
+        let all = spec_from_query_string(&q(&[]), "/state").expect("valid");
+        assert_eq!(all.text, "SELECT * FROM c");
+        assert_eq!(all.partition_key, None);
+    }
+
+    #[test]
+    fn get_rejects_bad_names_and_sizes() {
+        let bad = |pairs: &[(&str, &str)]| {
+            field_of(spec_from_query_string(&q(pairs), "/state").expect_err("invalid"))
+        };
+        assert_eq!(bad(&[("c.state", "x")]), "c.state");
+        assert_eq!(bad(&[("maxItemCount", "0")]), "maxItemCount");
+        assert_eq!(bad(&[("maxItemCount", "2000")]), "maxItemCount");
+        assert_eq!(bad(&[("maxItemCount", "ten")]), "maxItemCount");
+        assert_eq!(bad(&[("city", "a"), ("city", "b")]), "city");
+    }
+
+    #[test]
+    fn post_body_shape() {
+        let spec = spec_from_body(
+            br#"{"query":"SELECT * FROM c WHERE c.city = @c AND c.state = @s","parameters":[{"name":"@s","value":"Ohio"},{"name":"@c","value":"Columbus"}],"partitionKey":"Ohio","maxItemCount":7}"#,
+        )
+        .expect("valid");
+        assert_eq!(spec.parameters[0].0, "@c", "sorted by name");
+        assert_eq!(spec.partition_key, Some(PkValue::Str("Ohio".into())));
+        assert_eq!(spec.max_item_count, 7);
+        let bad = |body: &str| field_of(spec_from_body(body.as_bytes()).expect_err("invalid"));
+        assert_eq!(bad("{"), "body");
+        assert_eq!(bad(""), "body");
+        assert_eq!(bad("[]"), "body");
+        assert_eq!(bad(r#"{"parameters":[]}"#), "query");
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","parameters":[{"name":"x","value":1}]}"#),
+            "parameters[0].name"
+        );
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","parameters":[{"name":"@x"}]}"#),
+            "parameters[0].value"
+        );
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","maxItemCount":0}"#),
+            "maxItemCount"
+        );
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","partitionKey":{}}"#),
+            "partitionKey"
+        );
+        assert_eq!(bad(r#"{"query":"SELECT 1","qeury":1}"#), "qeury");
+    }
+}

@@ -1,0 +1,16 @@
+//! The state every request shares. Cheap to clone.
+
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::store::Store;
+
+/// Shared by all invocations: one Redis connection (inside [`Cache`]) and one Cosmos client
+/// (inside the [`Store`]).
+#[derive(Clone)]
+pub struct AppState {
+    /// The Redis cache of the configured container.
+    pub cache: Cache,
+    /// The configured Cosmos container.
+    pub store: Arc<dyn Store>,
+}
