@@ -40,6 +40,25 @@ pub mod names {
     pub const COSMOS_THROTTLE_BUDGET_MS: &str = "COSMOS_THROTTLE_BUDGET_MS";
     /// `json` for JSON log lines, `text` for human-readable ones (default: `json` in Azure).
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+    /// Every setting above except the two ports the host sets itself.
+    pub const USER_SETTINGS: [&str; 13] = [
+        REDIS,
+        COSMOS_CONNECTION_STRING,
+        COSMOS_ENDPOINT,
+        COSMOS_KEY,
+        COSMOS_DATABASE,
+        COSMOS_CONTAINER,
+        CACHE_TTL_SECONDS,
+        CACHE_TTL_JITTER_PERCENT,
+        CACHE_MAX_VALUE_BYTES,
+        REDIS_TIMEOUT_MS,
+        COSMOS_THROTTLE_BUDGET_MS,
+        LOG_FORMAT,
+        RUST_LOG,
+    ];
+    /// The log filter, read by `tracing-subscriber` (default `info`).
+    pub const RUST_LOG: &str = "RUST_LOG";
 }
 
 /// A string that must never be printed: `Debug` and `Display` show `[redacted]`.

@@ -7,6 +7,7 @@
 // it over plain HTTP. See README.md and the FIX comments below.
 //
 //   node launcher.js [--port N]      (or env COSMOS_PORT; default 8081; 0 = any free port)
+//   node launcher.js --port 0 --exit-with-parent   (tests: exit when stdin closes)
 //   stdout, once ready: "cosmos-local listening on http://127.0.0.1:<port>"
 //   env COSMOS_LOG=1 logs every request to stderr.
 "use strict";
@@ -303,6 +304,7 @@ const { createHttpServer } = lib("index"); // loads routes.js: patches must be d
 // /_test/, a prefix real Cosmos never has.
 const zeroStats = () => ({ queries: 0, reads: 0, upserts: 0, deletes: 0, requests: 0 });
 let stats = zeroStats();
+let statsByDb = new Map(); // database id -> counters, so parallel tests can count their own
 let faults = []; // [{ kind, count, status?, retryAfterMs?, delayMs? }]
 const STAT_OF = { query: "queries", read: "reads", upsert: "upserts", delete: "deletes" };
 const FAULT_KINDS = ["query", "read", "upsert", "delete", "any"];
@@ -337,14 +339,19 @@ const readBody = req =>
 
 async function testControl(req, res, p) {
   const route = `${req.method} ${p}`;
-  if (route === "GET /_test/stats") return send(res, 200, stats);
+  if (route === "GET /_test/stats") {
+    const db = new URL(req.url, "http://x").searchParams.get("db");
+    return send(res, 200, db === null ? stats : statsByDb.get(db) || zeroStats());
+  }
   if (route === "POST /_test/stats/reset") {
     stats = zeroStats();
+    statsByDb = new Map();
     return send(res, 200, stats);
   }
   if (route === "GET /_test/faults") return send(res, 200, { faults });
   if (route === "DELETE /_test/faults") {
-    faults = [];
+    const db = new URL(req.url, "http://x").searchParams.get("db");
+    faults = db === null ? [] : faults.filter(f => f.db !== db);
     return send(res, 200, { faults });
   }
   if (route === "POST /_test/faults") {
@@ -359,7 +366,7 @@ async function testControl(req, res, p) {
     if (!FAULT_KINDS.includes(kind) || !(count > 0) || (f.status === undefined && !f.delayMs)) {
       return send(res, 400, { code: "BadRequest", message: `need kind in ${FAULT_KINDS.join("|")}, count > 0, and status and/or delayMs` });
     }
-    faults.push({ kind, count, status: f.status, retryAfterMs: f.retryAfterMs, delayMs: f.delayMs });
+    faults.push({ kind, count, status: f.status, retryAfterMs: f.retryAfterMs, delayMs: f.delayMs, db: f.db });
     return send(res, 200, { faults });
   }
   if (route === "POST /_test/reset") {
@@ -368,6 +375,7 @@ async function testControl(req, res, p) {
     account.databases._index.clear();
     faults = [];
     stats = zeroStats();
+    statsByDb = new Map();
     return send(res, 200, { reset: true });
   }
   return send(res, 404, { code: "NotFound", message: `no test control ${route}` });
@@ -375,8 +383,8 @@ async function testControl(req, res, p) {
 
 // Applies the first pending fault for this request, if any. Returns true when
 // the request has been answered.
-async function applyFault(req, res, kind) {
-  const f = faults.find(x => x.kind === "any" || x.kind === kind);
+async function applyFault(req, res, kind, db) {
+  const f = faults.find(x => (x.kind === "any" || x.kind === kind) && (x.db === undefined || x.db === db));
   if (!f) return false;
   f.count -= 1;
   if (f.count <= 0) faults = faults.filter(x => x !== f);
@@ -420,9 +428,18 @@ server.on("request", (req, res) => {
     return setHeader.call(this, name, value);
   };
   const kind = classify(req, p);
-  stats.requests += 1;
-  if (STAT_OF[kind]) stats[STAT_OF[kind]] += 1;
-  applyFault(req, res, kind).then(answered => answered || stockListener(req, res));
+  const dbMatch = /^\/dbs\/([^/]+)/.exec(p);
+  const db = dbMatch ? decodeURIComponent(dbMatch[1]) : undefined;
+  const scoped = [stats];
+  if (db !== undefined) {
+    if (!statsByDb.has(db)) statsByDb.set(db, zeroStats());
+    scoped.push(statsByDb.get(db));
+  }
+  for (const st of scoped) {
+    st.requests += 1;
+    if (STAT_OF[kind]) st[STAT_OF[kind]] += 1;
+  }
+  applyFault(req, res, kind, db).then(answered => answered || stockListener(req, res));
 });
 
 // ---------------------------------------------------------------------------
@@ -455,3 +472,10 @@ const stop = () => {
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);
 
+// Test support: with --exit-with-parent, stop when standard input closes, i.e. when the test
+// process that started us (and holds the other end of the pipe) exits, however it exits.
+if (process.argv.includes("--exit-with-parent")) {
+  process.stdin.on("end", stop);
+  process.stdin.on("error", stop);
+  process.stdin.resume();
+}

@@ -1,0 +1,96 @@
+//! The router in-process (axum's `oneshot`), with Redis and Cosmos unreachable: what must work
+//! before any backing service answers.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cosmos_cache_handler::config::Settings;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn app() -> axum::Router {
+    let settings = Settings::from_lookup(|name| {
+        match name {
+            "REDIS_CONNECTION_STRING" => Some("redis://127.0.0.1:1"),
+            "COSMOS_ENDPOINT" => Some("http://127.0.0.1:1/"),
+            "COSMOS_KEY" => Some("a2V5"),
+            "COSMOS_DATABASE" => Some("tutorial"),
+            "COSMOS_CONTAINER" => Some("us_cities"),
+            _ => None,
+        }
+        .map(str::to_string)
+    })
+    .expect("settings");
+    let state = cosmos_cache_handler::build_state(&settings).expect("state");
+    cosmos_cache_handler::router(state, "api")
+}
+
+async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = app().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn readiness_probe_answers_without_backends() {
+    let response = app()
+        .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_invocation_fails_and_unknown_function_is_404() {
+    let (status, body) = call(
+        Request::post("/query")
+            .header("content-type", "application/json")
+            .body(Body::from("{\"Data\": 1}"))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_invocation");
+    let (status, _) = call(
+        Request::post("/nope")
+            .body(Body::from("{}"))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        Request::get("/api/nope")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn client_errors_need_no_backend() {
+    // Validation happens before Redis or Cosmos are touched, so bad input is a 400 even now.
+    let (status, body) = call(
+        Request::post("/api/query")
+            .body(Body::from("{\"query\": 5}"))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["field"], "query");
+    let (status, body) = call(
+        Request::get("/_diagnostics")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["cache"]["hits"], 0);
+    assert_eq!(body["invalidationPending"], false);
+}
