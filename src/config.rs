@@ -34,6 +34,8 @@ pub mod names {
     pub const CACHE_TTL_JITTER_PERCENT: &str = "CACHE_TTL_JITTER_PERCENT";
     /// Largest response body stored in Redis, in bytes (default 1 MiB).
     pub const CACHE_MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
+    /// Fill lease per missed page, in milliseconds (default 2000; 0 turns leases off).
+    pub const CACHE_FILL_LEASE_MS: &str = "CACHE_FILL_LEASE_MS";
     /// Outer timeout of every Redis call, in milliseconds (default 250).
     pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
     /// Budget for retrying throttled (429) Cosmos calls, in milliseconds (default 5000).
@@ -42,7 +44,7 @@ pub mod names {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
     /// Every setting above except the two ports the host sets itself.
-    pub const USER_SETTINGS: [&str; 13] = [
+    pub const USER_SETTINGS: [&str; 14] = [
         REDIS,
         COSMOS_CONNECTION_STRING,
         COSMOS_ENDPOINT,
@@ -52,6 +54,7 @@ pub mod names {
         CACHE_TTL_SECONDS,
         CACHE_TTL_JITTER_PERCENT,
         CACHE_MAX_VALUE_BYTES,
+        CACHE_FILL_LEASE_MS,
         REDIS_TIMEOUT_MS,
         COSMOS_THROTTLE_BUDGET_MS,
         LOG_FORMAT,
@@ -131,6 +134,9 @@ pub struct CacheSettings {
     pub max_value_bytes: usize,
     /// Outer timeout wrapped around every Redis call.
     pub redis_timeout: Duration,
+    /// How long one instance may hold the fill lease of a missed page while it reads Cosmos;
+    /// other instances wait up to this long for its result. Zero disables leases.
+    pub fill_lease: Duration,
 }
 
 /// All settings of the handler.
@@ -220,6 +226,12 @@ impl Settings {
             ttl_jitter_percent: number(names::CACHE_TTL_JITTER_PERCENT, 10, 0, 50)? as u8,
             max_value_bytes: number(names::CACHE_MAX_VALUE_BYTES, 1 << 20, 1, 512 << 20)? as usize,
             redis_timeout: Duration::from_millis(number(names::REDIS_TIMEOUT_MS, 250, 1, 60_000)?),
+            fill_lease: Duration::from_millis(number(
+                names::CACHE_FILL_LEASE_MS,
+                2_000,
+                0,
+                60_000,
+            )?),
         };
         let cosmos_throttle_budget =
             Duration::from_millis(number(names::COSMOS_THROTTLE_BUDGET_MS, 5_000, 0, 120_000)?);

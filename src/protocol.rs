@@ -63,10 +63,7 @@ async fn ready() -> &'static str {
 
 /// Read-only counters of this instance (not routed by the host: only reachable on loopback).
 async fn diagnostics(State(state): State<AppState>) -> Response {
-    let body = json!({
-        "cache": state.cache.stats().to_json(),
-        "invalidationPending": state.cache.invalidation_pending(),
-    });
+    let body = json!({ "cache": state.cache.stats_json() });
     json_response(StatusCode::OK, Bytes::from(body.to_string()))
 }
 

@@ -92,5 +92,6 @@ async fn client_errors_need_no_backend() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["cache"]["hits"], 0);
-    assert_eq!(body["invalidationPending"], false);
+    assert_eq!(body["cache"]["invalidationPending"], false);
+    assert_eq!(body["cache"]["circuit"], "closed");
 }

@@ -1,14 +1,18 @@
-//! Cache-aside over Redis: key layout, generations, TTL with jitter, single-flight, the outer
-//! timeout, and bypass on any Redis failure. Two calls make up its surface:
-//! [`Cache::get_or_fill`] ("this query's page, filled by this closure on a miss") and
-//! [`Cache::invalidate`] ("the container changed").
+//! Cache-aside over Redis: key layout, generations, TTL with jitter, single-flight, fill
+//! leases, the outer timeout, the circuit breaker and bypass on any Redis failure. Two calls
+//! make up its surface: [`Cache::get_or_fill`] ("this query's page, filled by this closure on a
+//! miss") and [`Cache::invalidate`] ("the container changed").
 //!
 //! # Key layout
 //! All keys of one container share the hash tag `{<db>/<container>}`, so on a clustered Redis
 //! they live in one slot.
 //! - `cc:{db/container}:gen` — the container's **generation**, an integer with no TTL.
-//! - `cc:{db/container}:<gen>:<sha256>` — one cached page, with a TTL. The hash covers the
-//!   canonical query: text, parameters sorted by name, partition key, page size, continuation.
+//! - `cc:{db/container}:<gen>:<sha256>` — one cached page, with a TTL (± jitter). The hash
+//!   covers the canonical query: text, parameters sorted by name, partition key, page size,
+//!   continuation ([`keys::query_hash`]).
+//! - `cc:{db/container}:<gen>:<sha256>:lease` — a short fill lease (`SET NX PX`), so that of
+//!   several handler instances missing the same page at once, one reads Cosmos and the others
+//!   wait for its result.
 //!
 //! # Why generations
 //! Invalidation is one `INCR` (O(1), no `KEYS`/`SCAN`): entries of older generations become
@@ -19,31 +23,29 @@
 //! a generation whose entries may still exist.
 //!
 //! # When Redis fails
-//! Every Redis call is wrapped in an outer timeout (`REDIS_TIMEOUT_MS`). Any error or timeout
-//! answers the read from Cosmos with `x-cache: bypass`. An invalidation that fails is retried in
-//! the background until Redis accepts it; until then this instance bypasses the cache for reads.
+//! Every Redis call goes through [`guard::GuardedRedis`]: an outer timeout (`REDIS_TIMEOUT_MS`)
+//! and a circuit breaker. Any error, timeout or open circuit answers the read from Cosmos with
+//! `x-cache: bypass`. An invalidation that fails is retried in the background until Redis
+//! accepts it; until then this instance bypasses the cache for reads.
+
+pub mod guard;
+pub mod keys;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::api::CacheOutcome;
 use crate::config::{CacheSettings, RedisTarget};
 use crate::error::AppError;
 use crate::store::QuerySpec;
-
-/// Prefix of every stored value: the format version. A value without it (an older format, or
-/// garbage) is treated as a miss and overwritten.
-const VALUE_FORMAT: &[u8] = b"v1:";
+use guard::{CircuitState, Failure, GuardedRedis};
 
 /// Reads the generation (creating it with `SET NX` if missing) and the entry under it, in one
 /// round trip. KEYS[1] = generation key; ARGV[1] = initial generation if missing, ARGV[2] = entry
@@ -59,6 +61,15 @@ if v then return {g, v} end
 return {g}
 ";
 
+/// Deletes KEYS[1] only if it still holds ARGV[1] (our lease, not a later holder's).
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// How often a lease waiter looks for the leaseholder's result.
+const LEASE_POLL: Duration = Duration::from_millis(10);
+
 /// Counters since start-up, for logs and the diagnostics response.
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -70,28 +81,12 @@ pub struct CacheStats {
     pub bypasses: AtomicU64,
     /// Generation bumps Redis acknowledged.
     pub invalidations: AtomicU64,
-    /// Misses that waited for another request's identical Cosmos read instead of issuing one.
+    /// Misses that waited for another request's identical Cosmos read on this instance.
     pub single_flight_waits: AtomicU64,
-    /// Redis errors and timeouts of any call.
-    pub redis_errors: AtomicU64,
+    /// Misses that waited for another instance's fill lease.
+    pub lease_waits: AtomicU64,
     /// Pages served but not stored because they exceeded `CACHE_MAX_VALUE_BYTES`.
     pub too_large: AtomicU64,
-}
-
-impl CacheStats {
-    /// The counters as a JSON object.
-    pub fn to_json(&self) -> serde_json::Value {
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        json!({
-            "hits": n(&self.hits),
-            "misses": n(&self.misses),
-            "bypasses": n(&self.bypasses),
-            "invalidations": n(&self.invalidations),
-            "singleFlightWaits": n(&self.single_flight_waits),
-            "redisErrors": n(&self.redis_errors),
-            "tooLarge": n(&self.too_large),
-        })
-    }
 }
 
 /// A filled page: the response body and what Cosmos charged for it (RU).
@@ -124,14 +119,21 @@ pub enum Invalidation {
     Pending,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Filled, AppError>>>;
+/// Result of one flight: the page, and whether it came from Redis (another instance's fill).
+type Flight = Shared<BoxFuture<'static, Result<(Filled, bool), AppError>>>;
+
+/// Test seam (feature `test-hooks`): awaited after Cosmos answered a miss and before the page
+/// is stored, so a test can interleave a write deterministically.
+#[cfg(feature = "test-hooks")]
+pub type BeforeStoreHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 struct Inner {
-    conn: ConnectionManager,
+    redis: Arc<GuardedRedis>,
     settings: CacheSettings,
     gen_key: String,
     entry_prefix: String,
     lookup: redis::Script,
+    release: redis::Script,
     stats: CacheStats,
     /// True while an invalidation has not reached Redis.
     invalidation_pending: AtomicBool,
@@ -140,6 +142,8 @@ struct Inner {
     failed_invalidations: AtomicU64,
     retry_running: AtomicBool,
     flights: Mutex<HashMap<String, Flight>>,
+    #[cfg(feature = "test-hooks")]
+    before_store: Mutex<Option<BeforeStoreHook>>,
 }
 
 /// The cache of one container. Cheap to clone (an `Arc`).
@@ -153,7 +157,7 @@ impl Cache {
     /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call.
     ///
     /// # Errors
-    /// A message when the Redis client cannot be built from the target.
+    /// A message when the Redis client cannot be built.
     pub fn new(
         target: &RedisTarget,
         settings: CacheSettings,
@@ -161,38 +165,61 @@ impl Cache {
         container: &str,
     ) -> Result<Self, String> {
         let client = redis::Client::open(target.info.clone())
-            .map_err(|e| format!("invalid Redis settings: {}", redis_reason(&e)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.redis_timeout))
-            .set_response_timeout(Some(settings.redis_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            format!(
-                "cannot create the Redis connection manager: {}",
-                redis_reason(&e)
-            )
-        })?;
+            .map_err(|e| format!("invalid Redis settings: {:?}", e.kind()))?;
+        let redis = GuardedRedis::new(client, settings.redis_timeout)?;
         let tag = format!("{{{database}/{container}}}");
         Ok(Self {
             inner: Arc::new(Inner {
-                conn,
+                redis,
                 settings,
                 gen_key: format!("cc:{tag}:gen"),
                 entry_prefix: format!("cc:{tag}:"),
                 lookup: redis::Script::new(LOOKUP_SCRIPT),
+                release: redis::Script::new(RELEASE_SCRIPT),
                 stats: CacheStats::default(),
                 invalidation_pending: AtomicBool::new(false),
                 failed_invalidations: AtomicU64::new(0),
                 retry_running: AtomicBool::new(false),
                 flights: Mutex::new(HashMap::new()),
+                #[cfg(feature = "test-hooks")]
+                before_store: Mutex::new(None),
             }),
         })
     }
 
-    /// Counters since start-up.
-    pub fn stats(&self) -> &CacheStats {
-        &self.inner.stats
+    /// Installs (or removes) the before-store test hook.
+    #[cfg(feature = "test-hooks")]
+    pub fn set_before_store_hook(&self, hook: Option<BeforeStoreHook>) {
+        *self
+            .inner
+            .before_store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Counters since start-up, with the circuit state, as JSON.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.inner.stats;
+        let r = &self.inner.redis;
+        json!({
+            "hits": n(&s.hits),
+            "misses": n(&s.misses),
+            "bypasses": n(&s.bypasses),
+            "invalidations": n(&s.invalidations),
+            "singleFlightWaits": n(&s.single_flight_waits),
+            "leaseWaits": n(&s.lease_waits),
+            "tooLarge": n(&s.too_large),
+            "redisErrors": n(&r.errors),
+            "circuit": match r.state() {
+                CircuitState::Closed => "closed",
+                CircuitState::Open => "open",
+                CircuitState::HalfOpen => "half-open",
+            },
+            "circuitOpened": n(&r.opened),
+            "circuitSkipped": n(&r.skipped),
+            "invalidationPending": self.invalidation_pending(),
+        })
     }
 
     /// Whether an invalidation is waiting for Redis (reads bypass the cache meanwhile).
@@ -200,14 +227,15 @@ impl Cache {
         self.inner.invalidation_pending.load(Ordering::Acquire)
     }
 
-    /// The Redis key of the generation counter (for tests and diagnostics).
+    /// The Redis key of the generation counter.
     pub fn generation_key(&self) -> &str {
         &self.inner.gen_key
     }
 
     /// Serves `spec`'s page from Redis, or runs `fill` (the Cosmos read, producing the response
     /// body) and stores its result under the generation read *before* `fill` started.
-    /// Concurrent identical misses on this instance share one `fill` (single-flight).
+    /// Concurrent identical misses on this instance share one `fill` (single-flight), and
+    /// instances sharing the Redis take a fill lease so that one of them reads Cosmos.
     ///
     /// # Errors
     /// Whatever `fill` returns; Redis failures are never errors (they bypass).
@@ -220,50 +248,40 @@ impl Cache {
         if self.invalidation_pending() {
             return Self::bypass(inner, fill).await;
         }
-        let hash = query_hash(spec);
-        let initial_generation = random_generation();
-        let mut conn = inner.conn.clone();
-        let mut invocation = inner.lookup.key(&inner.gen_key);
-        invocation
-            .arg(initial_generation)
-            .arg(&inner.entry_prefix)
-            .arg(&hash);
-        let looked_up: Result<Vec<redis::Value>, String> = match tokio::time::timeout(
-            inner.settings.redis_timeout,
-            invocation.invoke_async(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!(
-                "{} ({})",
-                redis_reason(&e),
-                e.code().unwrap_or("-")
-            )),
-            Err(_) => Err("timeout".to_string()),
-        };
+        let hash = keys::query_hash(spec);
+        let looked_up = inner
+            .redis
+            .run(|mut conn| {
+                let mut invocation = inner.lookup.key(&inner.gen_key);
+                invocation
+                    .arg(keys::random_generation())
+                    .arg(&inner.entry_prefix)
+                    .arg(&hash);
+                async move {
+                    invocation
+                        .invoke_async::<Vec<redis::Value>>(&mut conn)
+                        .await
+                }
+            })
+            .await;
         let values = match looked_up {
             Ok(v) => v,
-            Err(reason) => {
-                inner.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    reason,
-                    "Redis lookup failed; answering from Cosmos (bypass)"
-                );
+            Err(failure) => {
+                if failure != Failure::Open {
+                    tracing::warn!(reason = %failure, "Redis lookup failed; answering from Cosmos (bypass)");
+                }
                 return Self::bypass(inner, fill).await;
             }
         };
         let generation = match values.first() {
             Some(redis::Value::BulkString(g)) => String::from_utf8_lossy(g).into_owned(),
-            Some(redis::Value::Int(g)) => g.to_string(),
             _ => {
-                inner.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("Redis lookup returned no generation; bypass");
                 return Self::bypass(inner, fill).await;
             }
         };
         if let Some(redis::Value::BulkString(stored)) = values.get(1) {
-            if let Some(body) = stored.strip_prefix(VALUE_FORMAT) {
+            if let Some(body) = keys::decode(stored) {
                 inner.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Served {
                     body: Bytes::copy_from_slice(body),
@@ -280,14 +298,10 @@ impl Cache {
                 Some(f) => (f.clone(), false),
                 None => {
                     let this = self.clone();
-                    let store_key = key.clone();
-                    let f: Flight = async move {
-                        let filled = fill().await?;
-                        this.store(&store_key, &filled.body).await;
-                        Ok(filled)
-                    }
-                    .boxed()
-                    .shared();
+                    let fill_key = key.clone();
+                    let f: Flight = async move { this.fill_with_lease(&fill_key, fill).await }
+                        .boxed()
+                        .shared();
                     flights.insert(key.clone(), f.clone());
                     (f, true)
                 }
@@ -313,13 +327,115 @@ impl Cache {
                 .single_flight_waits
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let filled = flight.await?;
+        let (filled, from_redis) = flight.await?;
+        if from_redis {
+            inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Served {
+                body: filled.body,
+                outcome: CacheOutcome::Hit,
+                request_charge: None,
+            });
+        }
         inner.stats.misses.fetch_add(1, Ordering::Relaxed);
         Ok(Served {
             body: filled.body,
             outcome: CacheOutcome::Miss,
             request_charge: Some(filled.request_charge),
         })
+    }
+
+    /// The leader's side of a miss: take the fleet-wide fill lease, or wait for whoever holds
+    /// it; fill from Cosmos and store. Returns the page and whether it came from Redis.
+    async fn fill_with_lease<F, Fut>(&self, key: &str, fill: F) -> Result<(Filled, bool), AppError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Filled, AppError>>,
+    {
+        let inner = &self.inner;
+        let lease_ms = inner.settings.fill_lease.as_millis() as u64;
+        if lease_ms == 0 {
+            let filled = fill().await?;
+            self.store(key, &filled.body).await;
+            return Ok((filled, false));
+        }
+        let lease_key = format!("{key}:lease");
+        let token = keys::random_generation().to_string();
+        let acquired = inner
+            .redis
+            .run(|mut conn| {
+                let cmd = redis::cmd("SET")
+                    .arg(&lease_key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .to_owned();
+                async move { cmd.query_async::<Option<String>>(&mut conn).await }
+            })
+            .await;
+        if let Ok(None) = acquired {
+            // Another instance is filling this page: wait for its result, up to the lease.
+            inner.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
+            if let Some(body) = self
+                .wait_for_fill(key, &lease_key, inner.settings.fill_lease)
+                .await
+            {
+                return Ok((
+                    Filled {
+                        body,
+                        request_charge: 0.0,
+                    },
+                    true,
+                ));
+            }
+        }
+        let filled = fill().await;
+        if let Ok(filled) = &filled {
+            self.store(key, &filled.body).await;
+        }
+        if let Ok(Some(_)) = acquired {
+            let _ = inner
+                .redis
+                .run(|mut conn| {
+                    let mut invocation = inner.release.key(&lease_key);
+                    invocation.arg(&token);
+                    async move { invocation.invoke_async::<i64>(&mut conn).await }
+                })
+                .await;
+        }
+        Ok((filled?, false))
+    }
+
+    /// Polls `key` until a valid page appears, the lease is released without one (the holder
+    /// failed), or `budget` passes.
+    async fn wait_for_fill(&self, key: &str, lease_key: &str, budget: Duration) -> Option<Bytes> {
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            tokio::time::sleep(LEASE_POLL).await;
+            let got = self
+                .inner
+                .redis
+                .run(|mut conn| {
+                    let pipe = redis::pipe()
+                        .cmd("GET")
+                        .arg(key)
+                        .cmd("EXISTS")
+                        .arg(lease_key)
+                        .to_owned();
+                    async move { pipe.query_async::<(Option<Vec<u8>>, bool)>(&mut conn).await }
+                })
+                .await;
+            match got {
+                Ok((Some(value), _)) => {
+                    if let Some(body) = keys::decode(&value) {
+                        return Some(Bytes::copy_from_slice(body));
+                    }
+                }
+                Ok((None, true)) => {}
+                Ok((None, false)) | Err(_) => return None,
+            }
+        }
+        None
     }
 
     async fn bypass<F, Fut>(inner: &Inner, fill: F) -> Result<Served, AppError>
@@ -338,6 +454,17 @@ impl Cache {
 
     async fn store(&self, key: &str, body: &Bytes) {
         let inner = &self.inner;
+        #[cfg(feature = "test-hooks")]
+        {
+            let hook = inner
+                .before_store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook().await;
+            }
+        }
         if body.len() > inner.settings.max_value_bytes {
             inner.stats.too_large.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -346,32 +473,22 @@ impl Cache {
             );
             return;
         }
-        let mut value = Vec::with_capacity(VALUE_FORMAT.len() + body.len());
-        value.extend_from_slice(VALUE_FORMAT);
-        value.extend_from_slice(body);
-        let ttl_ms = jittered_ttl_ms(inner.settings.ttl, inner.settings.ttl_jitter_percent);
-        let mut conn = inner.conn.clone();
-        let cmd = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(ttl_ms)
-            .to_owned();
-        match tokio::time::timeout(
-            inner.settings.redis_timeout,
-            cmd.query_async::<()>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                inner.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = %redis_reason(&e), "Redis SET failed; page not cached");
-            }
-            Err(_) => {
-                inner.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = "timeout", "Redis SET failed; page not cached");
-            }
+        let value = keys::encode(body);
+        let ttl_ms = keys::jittered_ttl_ms(inner.settings.ttl, inner.settings.ttl_jitter_percent);
+        let stored = inner
+            .redis
+            .run(|mut conn| {
+                let cmd = redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .to_owned();
+                async move { cmd.query_async::<()>(&mut conn).await }
+            })
+            .await;
+        if let Err(failure) = stored {
+            tracing::warn!(reason = %failure, "Redis SET failed; page not cached");
         }
     }
 
@@ -415,156 +532,35 @@ impl Cache {
         }
     }
 
-    /// `SET gen <random> NX` then `INCR gen`, atomically (MULTI/EXEC), within the timeout.
+    /// `SET gen <random> NX` then `INCR gen`, atomically (MULTI/EXEC).
     async fn try_bump(&self) -> bool {
         let inner = &self.inner;
-        let mut conn = inner.conn.clone();
-        let pipe = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&inner.gen_key)
-            .arg(random_generation())
-            .arg("NX")
-            .ignore()
-            .cmd("INCR")
-            .arg(&inner.gen_key)
-            .to_owned();
-        match tokio::time::timeout(
-            inner.settings.redis_timeout,
-            pipe.query_async::<(i64,)>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok((generation,))) => {
+        let bumped = inner
+            .redis
+            .run(|mut conn| {
+                let pipe = redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&inner.gen_key)
+                    .arg(keys::random_generation())
+                    .arg("NX")
+                    .ignore()
+                    .cmd("INCR")
+                    .arg(&inner.gen_key)
+                    .to_owned();
+                async move { pipe.query_async::<(i64,)>(&mut conn).await }
+            })
+            .await;
+        match bumped {
+            Ok((generation,)) => {
                 inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(generation, "cache invalidated");
                 true
             }
-            Ok(Err(e)) => {
-                inner.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = %redis_reason(&e), "cache invalidation failed");
+            Err(failure) => {
+                tracing::warn!(reason = %failure, "cache invalidation failed");
                 false
             }
-            Err(_) => {
-                inner.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = "timeout", "cache invalidation failed");
-                false
-            }
-        }
-    }
-}
-
-/// A short reason for logs: the error kind and, for server errors, its code (never a
-/// password: the redis crate's errors do not carry connection parameters).
-fn redis_reason(e: &redis::RedisError) -> String {
-    format!("{:?}", e.kind())
-}
-
-/// SHA-256 (hex) of the canonical form of a query page request. The canonical form is a JSON
-/// array, so field boundaries are unambiguous (`{"a":"1b","c":"2"}` and `{"a":"1","bc":"2"}`
-/// differ); parameters are sorted by name, so their order does not matter.
-pub fn query_hash(spec: &QuerySpec) -> String {
-    #[derive(Serialize)]
-    struct Canonical<'a> {
-        q: &'a str,
-        p: Vec<(&'a str, &'a serde_json::Value)>,
-        k: Option<serde_json::Value>,
-        n: u32,
-        c: Option<&'a str>,
-    }
-    let mut p: Vec<_> = spec
-        .parameters
-        .iter()
-        .map(|(n, v)| (n.as_str(), v))
-        .collect();
-    p.sort_by(|a, b| a.0.cmp(b.0));
-    let canonical = Canonical {
-        q: &spec.text,
-        p,
-        k: spec.partition_key.as_ref().map(|k| k.to_json()),
-        n: spec.max_item_count,
-        c: spec.continuation.as_deref(),
-    };
-    // Serializing plain strings, numbers and JSON values cannot fail.
-    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A fresh generation for a missing generation key: random in [2^32, 2^62), far from the
-/// small integers an `INCR` on a missing key would produce and unlikely to meet an old one.
-fn random_generation() -> u64 {
-    (1u64 << 32) + rand::random::<u64>() % ((1u64 << 62) - (1u64 << 32))
-}
-
-/// `ttl` ± `jitter_percent` %, in milliseconds, at least 1.
-fn jittered_ttl_ms(ttl: Duration, jitter_percent: u8) -> u64 {
-    let base = ttl.as_millis() as f64;
-    let spread = f64::from(jitter_percent) / 100.0;
-    let unit = rand::random::<u32>() as f64 / u32::MAX as f64; // [0, 1]
-    let factor = 1.0 + spread * (2.0 * unit - 1.0);
-    (base * factor).round().max(1.0) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::PkValue;
-    use serde_json::Value;
-
-    fn spec(params: &[(&str, &str)]) -> QuerySpec {
-        QuerySpec {
-            text: "SELECT * FROM c WHERE c.a = @a".into(),
-            parameters: params
-                .iter()
-                .map(|(n, v)| (n.to_string(), Value::String(v.to_string())))
-                .collect(),
-            partition_key: None,
-            max_item_count: 100,
-            continuation: None,
-        }
-    }
-
-    #[test]
-    fn keys_are_canonical_and_collision_free() {
-        let a = query_hash(&spec(&[("@a", "1b"), ("@c", "2")]));
-        let b = query_hash(&spec(&[("@a", "1"), ("@bc", "2")]));
-        assert_ne!(a, b);
-        let swapped = query_hash(&spec(&[("@c", "2"), ("@a", "1b")]));
-        assert_eq!(a, swapped);
-        let mut asc = spec(&[]);
-        asc.text = "SELECT * FROM c ORDER BY c.x ASC".into();
-        let mut desc = asc.clone();
-        desc.text = "SELECT * FROM c ORDER BY c.x DESC".into();
-        assert_ne!(query_hash(&asc), query_hash(&desc));
-        let mut paged = asc.clone();
-        paged.continuation = Some("tok".into());
-        assert_ne!(query_hash(&asc), query_hash(&paged));
-        let mut smaller = asc.clone();
-        smaller.max_item_count = 10;
-        assert_ne!(query_hash(&asc), query_hash(&smaller));
-        let mut scoped = asc.clone();
-        scoped.partition_key = Some(PkValue::Str("Texas".into()));
-        assert_ne!(query_hash(&asc), query_hash(&scoped));
-        assert_eq!(a.len(), 64);
-    }
-
-    #[test]
-    fn ttl_jitter_stays_within_bounds() {
-        let ttl = Duration::from_secs(300);
-        let samples: Vec<u64> = (0..2000).map(|_| jittered_ttl_ms(ttl, 10)).collect();
-        assert!(samples.iter().all(|&ms| (270_000..=330_000).contains(&ms)));
-        let min = samples.iter().min().copied().unwrap_or_default();
-        let max = samples.iter().max().copied().unwrap_or_default();
-        assert!(max - min > 30_000, "jitter spreads TTLs: {min}..{max}");
-        assert_eq!(jittered_ttl_ms(ttl, 0), 300_000);
-    }
-
-    #[test]
-    fn generations_start_far_from_small_integers() {
-        for _ in 0..1000 {
-            let g = random_generation();
-            assert!(g >= 1 << 32 && g < 1 << 62);
         }
     }
 }

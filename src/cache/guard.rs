@@ -1,0 +1,182 @@
+//! The one Redis connection, guarded: an outer timeout on every call, a circuit breaker that
+//! skips Redis for a short cool-down after repeated failures (instead of paying the timeout on
+//! every request while Redis is a black hole), and a rebuild of the connection when the breaker
+//! opens, so a connection wedged by a non-I/O failure (`WRONGPASS` after a key rotation,
+//! `max number of clients reached`) recovers without restarting the process.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Consecutive failures that open the breaker.
+pub const FAILURES_TO_OPEN: u32 = 5;
+/// How long an open breaker skips Redis.
+pub const COOL_DOWN: Duration = Duration::from_secs(1);
+
+/// Why a guarded call did not return a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The breaker is open: Redis was not called.
+    Open,
+    /// No answer within the timeout.
+    Timeout,
+    /// Redis or the connection returned an error (kind only; never connection details).
+    Error(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Open => f.write_str("circuit open"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Error(kind) => f.write_str(kind),
+        }
+    }
+}
+
+/// Breaker states, as reported by diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go to Redis.
+    Closed,
+    /// Calls are skipped until the cool-down ends.
+    Open,
+    /// The cool-down ended; the next failure reopens at once.
+    HalfOpen,
+}
+
+/// A Redis connection manager behind a timeout and a circuit breaker.
+pub struct GuardedRedis {
+    client: redis::Client,
+    timeout: Duration,
+    conn: RwLock<ConnectionManager>,
+    started: Instant,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `started` until which the breaker is open; 0 = closed.
+    open_until_ms: AtomicU64,
+    /// Whether the breaker has opened since the last success (half-open after cool-down).
+    tripped: std::sync::atomic::AtomicBool,
+    /// Times the breaker opened.
+    pub opened: AtomicU64,
+    /// Calls skipped because the breaker was open.
+    pub skipped: AtomicU64,
+    /// Calls that failed or timed out.
+    pub errors: AtomicU64,
+}
+
+impl GuardedRedis {
+    /// A lazily connecting guard around `client`. `timeout` bounds every call.
+    ///
+    /// # Errors
+    /// When the connection manager cannot be created (a kind of error, no details).
+    pub fn new(client: redis::Client, timeout: Duration) -> Result<Arc<Self>, String> {
+        let conn = Self::connect(&client, timeout)?;
+        Ok(Arc::new(Self {
+            client,
+            timeout,
+            conn: RwLock::new(conn),
+            started: Instant::now(),
+            consecutive_failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            tripped: std::sync::atomic::AtomicBool::new(false),
+            opened: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }))
+    }
+
+    fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("cannot create the Redis connection manager: {:?}", e.kind()))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The breaker's state now.
+    pub fn state(&self) -> CircuitState {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until > self.now_ms() {
+            CircuitState::Open
+        } else if self.tripped.load(Ordering::Acquire) {
+            CircuitState::HalfOpen
+        } else {
+            CircuitState::Closed
+        }
+    }
+
+    /// Runs `call` on a clone of the shared connection, within the timeout and the breaker.
+    ///
+    /// # Errors
+    /// [`Failure`] when the breaker is open, the call timed out or Redis returned an error.
+    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, Failure>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if self.state() == CircuitState::Open {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(Failure::Open);
+        }
+        let conn = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let outcome = match tokio::time::timeout(self.timeout, call(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Failure::Error(redis_reason(&e))),
+            Err(_) => Err(Failure::Timeout),
+        };
+        match &outcome {
+            Ok(_) => self.succeeded(),
+            Err(f) => self.failed(f),
+        }
+        outcome
+    }
+
+    fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Release);
+        if self.tripped.swap(false, Ordering::AcqRel) {
+            tracing::info!("Redis answers again: circuit closed");
+        }
+    }
+
+    fn failed(&self, failure: &Failure) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let half_open = self.tripped.load(Ordering::Acquire);
+        if failures >= FAILURES_TO_OPEN || half_open {
+            self.consecutive_failures.store(0, Ordering::Release);
+            self.tripped.store(true, Ordering::Release);
+            self.open_until_ms.store(
+                self.now_ms() + COOL_DOWN.as_millis() as u64,
+                Ordering::Release,
+            );
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                reason = %failure,
+                cool_down_ms = COOL_DOWN.as_millis() as u64,
+                "Redis failing: circuit open, rebuilding the connection"
+            );
+            // A fresh manager: the old one may be stuck on a connection that will never work.
+            if let Ok(fresh) = Self::connect(&self.client, self.timeout) {
+                *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            }
+        }
+    }
+}
+
+/// The error's kind and, for server errors, its code (never a password: the redis crate's
+/// errors carry no connection parameters).
+fn redis_reason(e: &redis::RedisError) -> String {
+    match e.code() {
+        Some(code) => format!("{:?} ({code})", e.kind()),
+        None => format!("{:?}", e.kind()),
+    }
+}
