@@ -210,7 +210,7 @@ pub async fn load(
                     .ok_or_else(|| AppError::bad_request(format!("[{i}].state"), "is required"))?;
                 store.upsert(&pk, id, doc).await?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 100 == 0 || n == total {
+                if n.is_multiple_of(100) || n == total {
                     progress(n, total);
                 }
                 Ok::<(), AppError>(())

@@ -380,18 +380,17 @@ impl CosmosStore {
         if let Err(e) = client
             .create_database(self.settings.database.as_str(), None)
             .await
+            && !e.status().is_conflict()
         {
-            if !e.status().is_conflict() {
-                return Err(map_error(&e, "create database"));
-            }
+            return Err(map_error(&e, "create database"));
         }
         let db = client.database_client(self.settings.database.as_str());
         let properties =
             ContainerProperties::new(self.settings.container.clone(), pk_path.to_string().into());
-        if let Err(e) = db.create_container(properties, None).await {
-            if !e.status().is_conflict() {
-                return Err(map_error(&e, "create container"));
-            }
+        if let Err(e) = db.create_container(properties, None).await
+            && !e.status().is_conflict()
+        {
+            return Err(map_error(&e, "create container"));
         }
         Ok(())
     }

@@ -33,8 +33,12 @@ pub const RESERVED: [&str; 4] = ["maxItemCount", "continuation", "partitionKey",
 /// `BadRequest` naming the field; store errors (`BadQuery`, `Throttled`, `Unavailable`).
 pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
     let spec = if req.method == Method::GET {
-        let pk_path = state.store.partition_key_path().await?;
-        spec_from_query_string(&req.query, &pk_path)?
+        // Validate first: bad input is a 400 even while Cosmos is unreachable.
+        let mut spec = spec_from_query_string(&req.query)?;
+        if spec.partition_key.is_none() {
+            pin_partition(&mut spec, &state.store.partition_key_path().await?);
+        }
+        spec
     } else if req.method == Method::POST {
         spec_from_body(&req.body)?
     } else {
@@ -67,10 +71,7 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
 ///
 /// # Errors
 /// `BadRequest` naming the parameter.
-pub fn spec_from_query_string(
-    query: &[(String, String)],
-    pk_path: &str,
-) -> Result<QuerySpec, AppError> {
+pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, AppError> {
     let mut filters: Vec<(&str, &str)> = Vec::new();
     let mut max_item_count = DEFAULT_MAX_ITEM_COUNT;
     let mut continuation = None;
@@ -96,13 +97,6 @@ pub fn spec_from_query_string(
         }
     }
     filters.sort_by(|a, b| a.0.cmp(b.0));
-    // A filter on the partition-key field (path `/state` → field `state`) pins the partition.
-    let pk_field = pk_path.strip_prefix('/').filter(|f| !f.contains('/'));
-    if partition_key.is_none() {
-        if let Some((_, v)) = filters.iter().find(|(f, _)| Some(*f) == pk_field) {
-            partition_key = Some(PkValue::Str((*v).to_string()));
-        }
-    }
     let mut text = String::from("SELECT * FROM c");
     for (i, (field, _)) in filters.iter().enumerate() {
         text.push_str(if i == 0 { " WHERE " } else { " AND " });
@@ -118,6 +112,18 @@ pub fn spec_from_query_string(
         max_item_count,
         continuation,
     })
+}
+
+/// Scopes a `GET` query to one partition when it filters on the partition-key field (path
+/// `/state` → parameter `@state`): a single-partition query costs fewer RU.
+pub fn pin_partition(spec: &mut QuerySpec, pk_path: &str) {
+    let Some(field) = pk_path.strip_prefix('/').filter(|f| !f.contains('/')) else {
+        return;
+    };
+    let name = format!("@{field}");
+    if let Some((_, Value::String(v))) = spec.parameters.iter().find(|(n, _)| *n == name) {
+        spec.partition_key = Some(PkValue::Str(v.clone()));
+    }
 }
 
 fn parse_max_item_count(value: &str) -> Result<u32, AppError> {
@@ -265,16 +271,18 @@ mod tests {
 
     #[test]
     fn get_builds_sorted_parameterized_sql_and_pins_partition() {
-        let spec = spec_from_query_string(
-            &q(&[
-                ("state", "Texas"),
-                ("city", "Austin"),
-                ("code", "k"),
-                ("maxItemCount", "5"),
-            ]),
-            "/state",
-        )
+        let mut spec = spec_from_query_string(&q(&[
+            ("state", "Texas"),
+            ("city", "Austin"),
+            ("code", "k"),
+            ("maxItemCount", "5"),
+        ]))
         .expect("valid");
+        assert_eq!(
+            spec.partition_key, None,
+            "pinned only once the pk path is known"
+        );
+        pin_partition(&mut spec, "/state");
         assert_eq!(
             spec.text,
             "SELECT * FROM c WHERE c.city = @city AND c.state = @state"
@@ -285,7 +293,8 @@ mod tests {
         );
         assert_eq!(spec.partition_key, Some(PkValue::Str("Texas".into())));
         assert_eq!(spec.max_item_count, 5);
-        let all = spec_from_query_string(&q(&[]), "/state").expect("valid");
+        let mut all = spec_from_query_string(&q(&[])).expect("valid");
+        pin_partition(&mut all, "/state");
         assert_eq!(all.text, "SELECT * FROM c");
         assert_eq!(all.partition_key, None);
     }
@@ -293,7 +302,7 @@ mod tests {
     #[test]
     fn get_rejects_bad_names_and_sizes() {
         let bad = |pairs: &[(&str, &str)]| {
-            field_of(spec_from_query_string(&q(pairs), "/state").expect_err("invalid"))
+            field_of(spec_from_query_string(&q(pairs)).expect_err("invalid"))
         };
         assert_eq!(bad(&[("c.state", "x")]), "c.state");
         assert_eq!(bad(&[("maxItemCount", "0")]), "maxItemCount");

@@ -1,0 +1,29 @@
+//! Integration tests on the real stack: a real `redis-server`, the Cosmos-protocol server
+//! (`tests/cosmos/launcher.js`), and the `handler` binary behind the host emulator, which
+//! reads the repository's own `host.json` and `function.json` files. Every scenario runs in
+//! both wire modes (invocation payload and forwarding).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+/// Declares `<scenario>::payload` and `<scenario>::forwarding` tests for an
+/// `async fn <scenario>(Mode)`.
+macro_rules! both_modes {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn payload() {
+                super::$scenario(crate::support::Mode::Payload).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn forwarding() {
+                super::$scenario(crate::support::Mode::Forwarding).await
+            }
+        }
+    )*};
+}
+
+mod bad_input;
+mod query;
+mod redis_outage;
+mod update;

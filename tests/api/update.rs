@@ -1,0 +1,100 @@
+//! `update`: writes reach Cosmos and the next `query` sees them.
+
+use crate::support::{Mode, Stack};
+
+both_modes!(
+    update_then_query_shows_change,
+    batch_upsert_and_delete,
+    invalid_batch_writes_nothing
+);
+
+async fn update_then_query_shows_change(mode: Mode) {
+    let stack = Stack::start(mode).await;
+    let before = stack.get("query?city=Austin&state=Texas").await;
+    assert_eq!(before.status, 200, "{}", before.text);
+    let austin = before.json()["items"][0].clone();
+    assert_eq!(austin["city"], "Austin");
+    assert_ne!(austin["population"], 1234);
+    assert_eq!(
+        stack.get("query?city=Austin&state=Texas").await.cache(),
+        "hit"
+    );
+
+    let mut changed = austin.clone();
+    changed["population"] = serde_json::json!(1234);
+    let update = stack.post("update", &changed.to_string()).await;
+    assert_eq!(update.status, 200, "{}", update.text);
+    assert_eq!(update.json(), serde_json::json!({"upserted": 1}));
+    assert_eq!(update.header("x-cache-invalidation"), Some("done"));
+
+    let after = stack.get("query?city=Austin&state=Texas").await;
+    assert_eq!(after.status, 200);
+    assert_eq!(
+        after.cache(),
+        "miss",
+        "the write invalidated the cached page"
+    );
+    assert_eq!(after.json()["items"][0]["population"], 1234);
+    // Other cached queries of the container were invalidated too (generation bump).
+    stack.shutdown().await;
+}
+
+async fn batch_upsert_and_delete(mode: Mode) {
+    let stack = Stack::start(mode).await;
+    let empty = stack.get("query?state=Atlantis").await;
+    assert_eq!(empty.json()["count"], 0);
+    assert_eq!(
+        stack.get("query?state=Atlantis").await.cache(),
+        "hit",
+        "an empty result is cached like any other"
+    );
+    let docs = r#"[{"id":"poseidonis-atlantis","city":"Poseidonis","state":"Atlantis","population":3},
+                   {"id":"ys-atlantis","city":"Ys","state":"Atlantis","population":2},
+                   {"id":"vineta-atlantis","city":"Vineta","state":"Atlantis","population":1}]"#;
+    let upserted = stack.post("update", docs).await;
+    assert_eq!(upserted.status, 200, "{}", upserted.text);
+    assert_eq!(upserted.json()["upserted"], 3);
+    let three = stack.get("query?state=Atlantis").await;
+    assert_eq!(three.cache(), "miss");
+    assert_eq!(three.json()["count"], 3);
+
+    let deleted = stack
+        .delete("update?id=ys-atlantis&partitionKey=Atlantis")
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert_eq!(deleted.json(), serde_json::json!({"deleted": 1}));
+    let two = stack.get("query?state=Atlantis").await;
+    assert_eq!(two.cache(), "miss");
+    let body = two.json();
+    let mut ids: Vec<&str> = body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap_or_default())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["poseidonis-atlantis", "vineta-atlantis"]);
+
+    let again = stack
+        .delete("update?id=ys-atlantis&partitionKey=Atlantis")
+        .await;
+    assert_eq!(again.status, 404, "{}", again.text);
+    assert_eq!(again.json()["error"]["code"], "not_found");
+    stack.shutdown().await;
+}
+
+async fn invalid_batch_writes_nothing(mode: Mode) {
+    let stack = Stack::start(mode).await;
+    let upserts_before = stack.cosmos_stats().await["upserts"].clone();
+    let bad = stack
+        .post(
+            "update",
+            r#"[{"id":"valid-nowhere","state":"Nowhere"},{"state":"Nowhere"}]"#,
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.error_field(), "[1].id");
+    assert_eq!(stack.cosmos_stats().await["upserts"], upserts_before);
+    assert_eq!(stack.get("query?state=Nowhere").await.json()["count"], 0);
+    stack.shutdown().await;
+}

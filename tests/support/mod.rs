@@ -1,0 +1,9 @@
+//! Test support: the host emulator, the Cosmos-protocol server, Redis servers, the stack.
+#![allow(dead_code)]
+
+pub mod cosmos_server;
+pub mod host_emulator;
+pub mod redis_server;
+pub mod stack;
+
+pub use stack::{Mode, Stack};

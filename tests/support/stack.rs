@@ -1,0 +1,257 @@
+//! The whole real stack for one test: its own `redis-server`, its own database in the shared
+//! Cosmos-protocol server (seeded with the 1,000-city CSV through `handler seed`), and the
+//! handler binary behind the host emulator in the chosen wire mode.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use super::cosmos_server::{self, CosmosServer};
+use super::host_emulator::{EmulatorConfig, HostEmulator};
+use super::redis_server::RedisServer;
+
+/// How the host delivers requests to the handler (spec §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `POST /{function}` with `{Data, Metadata}`.
+    Payload,
+    /// The client's request on `/api/{function}`.
+    Forwarding,
+}
+
+/// The 1,000-city data set (read-only, outside the repository).
+pub fn cities_csv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/us-cities-top-1k.csv")
+}
+
+/// One CSV row, read independently of the code under test.
+#[derive(Debug, Clone)]
+pub struct CityRow {
+    /// `City` column.
+    pub city: String,
+    /// `State` column.
+    pub state: String,
+    /// `Population` column.
+    pub population: u64,
+}
+
+/// All rows of the CSV.
+pub fn city_rows() -> Vec<CityRow> {
+    let mut reader = csv::Reader::from_path(cities_csv()).expect("the shared CSV");
+    reader
+        .records()
+        .map(|r| {
+            let r = r.expect("a CSV record");
+            CityRow {
+                city: r[0].trim().to_string(),
+                state: r[1].trim().to_string(),
+                population: r[2].trim().parse().expect("a population"),
+            }
+        })
+        .collect()
+}
+
+/// A reply from the stack.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Body text.
+    pub text: String,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+    /// A header's value, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The `x-cache` header.
+    pub fn cache(&self) -> &str {
+        self.header("x-cache").unwrap_or("(none)")
+    }
+    /// `error.field` of an error body.
+    pub fn error_field(&self) -> String {
+        self.json()["error"]["field"]
+            .as_str()
+            .unwrap_or("(none)")
+            .to_string()
+    }
+}
+
+/// Everything one test needs.
+pub struct Stack {
+    /// This test's Redis.
+    pub redis: RedisServer,
+    /// The shared Cosmos-protocol server.
+    pub cosmos: &'static CosmosServer,
+    /// This test's database (container `us_cities`).
+    pub database: String,
+    /// The host emulator in front of the handler.
+    pub host: Option<HostEmulator>,
+    /// Wire mode.
+    pub mode: Mode,
+    http: reqwest::Client,
+    extra_env: Vec<(String, String)>,
+}
+
+/// Container name used by every test.
+pub const CONTAINER: &str = "us_cities";
+
+fn unique_database() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Stack {
+    /// Starts Redis, seeds a fresh database with the CSV, and starts the handler in `mode`.
+    pub async fn start(mode: Mode) -> Self {
+        Self::start_with(mode, true, &[]).await
+    }
+
+    /// As [`Stack::start`], choosing whether to seed and adding handler settings.
+    pub async fn start_with(mode: Mode, seed: bool, extra_env: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start();
+        let cosmos = cosmos_server::shared();
+        let database = unique_database();
+        let mut stack = Self {
+            redis,
+            cosmos,
+            database,
+            host: None,
+            mode,
+            http: reqwest::Client::new(),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        if seed {
+            stack.seed();
+        }
+        stack.start_handler().await;
+        stack
+    }
+
+    /// Environment of the handler process (app settings).
+    pub fn handler_env(&self) -> Vec<(String, String)> {
+        let mut env = self.cosmos.sdk_env(&self.database, CONTAINER);
+        env.push(("REDIS_CONNECTION_STRING".into(), self.redis.url()));
+        env.push(("RUST_LOG".into(), "warn".into()));
+        // How Azure overrides a host.json value with an app setting; the emulator honours it.
+        env.push((
+            "AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest".into(),
+            (self.mode == Mode::Forwarding).to_string(),
+        ));
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    /// Runs `handler seed --csv` against this test's database.
+    pub fn seed(&self) {
+        let output = Command::new(env!("CARGO_BIN_EXE_handler"))
+            .args(["seed", "--csv"])
+            .arg(cities_csv())
+            .envs(self.cosmos.sdk_env(&self.database, CONTAINER))
+            .output()
+            .expect("run handler seed");
+        assert!(
+            output.status.success(),
+            "seed failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// (Re)starts the handler behind a new host emulator.
+    pub async fn start_handler(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+        let config = EmulatorConfig {
+            app_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            executable: Some(PathBuf::from(env!("CARGO_BIN_EXE_handler"))),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            env: self.handler_env(),
+        };
+        let host = HostEmulator::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("host emulator: {e}"));
+        self.host = Some(host);
+    }
+
+    fn base(&self) -> String {
+        self.host.as_ref().expect("handler running").base_url()
+    }
+
+    /// The handler's own port (to call it directly, bypassing the emulator).
+    pub fn handler_port(&self) -> u16 {
+        self.host.as_ref().expect("handler running").handler_port()
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request to the host emulator");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("response body");
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    /// `GET /api/<path_and_query>` through the emulator.
+    pub async fn get(&self, path_and_query: &str) -> Reply {
+        self.send(
+            self.http
+                .get(format!("{}/api/{path_and_query}", self.base())),
+        )
+        .await
+    }
+
+    /// `POST /api/<path>` with a JSON text body.
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/api/{path}", self.base()))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// `DELETE /api/<path_and_query>`.
+    pub async fn delete(&self, path_and_query: &str) -> Reply {
+        self.send(
+            self.http
+                .delete(format!("{}/api/{path_and_query}", self.base())),
+        )
+        .await
+    }
+
+    /// Cosmos request counters of this test's database.
+    pub async fn cosmos_stats(&self) -> Value {
+        self.cosmos.stats(&self.database).await
+    }
+
+    /// Stops the handler.
+    pub async fn shutdown(mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+    }
+}
