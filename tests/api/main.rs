@@ -24,6 +24,10 @@ macro_rules! both_modes {
 }
 
 mod bad_input;
+mod chaos;
+mod checker;
+mod consistency;
+mod herds;
 mod query;
 mod redis_outage;
 mod update;

@@ -125,10 +125,18 @@ impl Stack {
 
     /// As [`Stack::start`], choosing whether to seed and adding handler settings.
     pub async fn start_with(mode: Mode, seed: bool, extra_env: &[(&str, &str)]) -> Self {
+        let mut stack = Self::services(mode, seed, extra_env);
+        stack.start_handler().await;
+        stack
+    }
+
+    /// Redis and a (seeded) database, without a handler process: for in-process tests
+    /// ([`Stack::app_state`]) or to start the handler later.
+    pub fn services(mode: Mode, seed: bool, extra_env: &[(&str, &str)]) -> Self {
         let redis = RedisServer::start();
         let cosmos = cosmos_server::shared();
         let database = unique_database();
-        let mut stack = Self {
+        let stack = Self {
             redis,
             cosmos,
             database,
@@ -143,8 +151,63 @@ impl Stack {
         if seed {
             stack.seed();
         }
-        stack.start_handler().await;
         stack
+    }
+
+    /// Sets (or replaces) a handler setting for the next [`Stack::start_handler`].
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != name);
+        self.extra_env.push((name.to_string(), value.to_string()));
+    }
+
+    /// The handler's settings as the binary would read them.
+    pub fn settings(&self) -> cosmos_cache_handler::config::Settings {
+        let env = self.handler_env();
+        cosmos_cache_handler::config::Settings::from_lookup(|name| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("valid handler settings")
+    }
+
+    /// The handler's state, built in this process (for in-process tests with test hooks).
+    pub fn app_state(&self) -> cosmos_cache_handler::AppState {
+        cosmos_cache_handler::build_state(&self.settings()).expect("state")
+    }
+
+    /// `GET /_diagnostics` on the handler's own port.
+    pub async fn diagnostics(&self) -> Value {
+        let url = format!("http://127.0.0.1:{}/_diagnostics", self.handler_port());
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("diagnostics")
+            .json()
+            .await
+            .expect("diagnostics JSON")
+    }
+
+    /// The container's generation key and its current value, if any.
+    pub fn generation(&self) -> (String, Option<u64>) {
+        let key = format!("cc:{{{}/{}}}:gen", self.database, CONTAINER);
+        let value: Option<u64> = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut self.redis.connection())
+            .expect("GET gen");
+        (key, value)
+    }
+
+    /// Every key in this test's Redis.
+    pub fn redis_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut self.redis.connection())
+            .expect("KEYS");
+        keys.sort();
+        keys
     }
 
     /// Environment of the handler process (app settings).
@@ -193,7 +256,8 @@ impl Stack {
         self.host = Some(host);
     }
 
-    fn base(&self) -> String {
+    /// The host emulator's base URL (`http://127.0.0.1:<port>`).
+    pub fn base(&self) -> String {
         self.host.as_ref().expect("handler running").base_url()
     }
 
