@@ -18,6 +18,8 @@ pub mod names {
     pub const PORT_LEGACY: &str = "FUNCTIONS_HTTPWORKER_PORT";
     /// `redis://`, `rediss://` URL or the Azure portal's StackExchange.Redis form.
     pub const REDIS: &str = "REDIS_CONNECTION_STRING";
+    /// `true` for a clustered cache (OSS cluster protocol); default `false`.
+    pub const REDIS_CLUSTER: &str = "REDIS_CLUSTER";
     /// Cosmos "PRIMARY CONNECTION STRING": `AccountEndpoint=...;AccountKey=...;`.
     pub const COSMOS_CONNECTION_STRING: &str = "COSMOS_CONNECTION_STRING";
     /// Cosmos account endpoint, used with [`COSMOS_KEY`] when no connection string is set.
@@ -44,8 +46,9 @@ pub mod names {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
     /// Every setting above except the two ports the host sets itself.
-    pub const USER_SETTINGS: [&str; 14] = [
+    pub const USER_SETTINGS: [&str; 15] = [
         REDIS,
+        REDIS_CLUSTER,
         COSMOS_CONNECTION_STRING,
         COSMOS_ENDPOINT,
         COSMOS_KEY,
@@ -165,6 +168,8 @@ pub struct RedisTarget {
     pub display_addr: String,
     /// Whether TLS is used.
     pub tls: bool,
+    /// Whether to use the cluster client (`REDIS_CLUSTER=true`).
+    pub cluster: bool,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -172,6 +177,7 @@ impl fmt::Debug for RedisTarget {
         f.debug_struct("RedisTarget")
             .field("addr", &self.display_addr)
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -205,8 +211,19 @@ impl Settings {
         };
         let redis_raw =
             get(names::REDIS).ok_or_else(|| ConfigError::new(names::REDIS, "is not set"))?;
-        let redis = parse_redis_connection_string(&redis_raw)
+        let mut redis = parse_redis_connection_string(&redis_raw)
             .map_err(|problem| ConfigError::new(names::REDIS, problem))?;
+        redis.cluster = match get(names::REDIS_CLUSTER).as_deref().map(str::trim) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    names::REDIS_CLUSTER,
+                    "must be true or false",
+                ));
+            }
+        };
         let cosmos = cosmos_from(&get)?;
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
@@ -363,6 +380,7 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
             info,
             display_addr,
             tls,
+            cluster: false,
         });
     }
     let mut parts = s.split(',').map(str::trim);
@@ -428,6 +446,7 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
         info,
         display_addr: format!("{host}:{port}"),
         tls,
+        cluster: false,
     })
 }
 

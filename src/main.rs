@@ -61,7 +61,8 @@ async fn serve() -> ExitCode {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     let prefix = cosmos_cache_handler::route_prefix(&app_root);
-    let app = cosmos_cache_handler::router(state, &prefix);
+    let app = cosmos_cache_handler::router(state.clone(), &prefix);
+    tokio::spawn(log_counters(state.cache.clone()));
     // The host always calls 127.0.0.1 (spec §2.3).
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await {
         Ok(l) => l,
@@ -75,6 +76,7 @@ async fn serve() -> ExitCode {
         route_prefix = %prefix,
         redis = %settings.redis.display_addr,
         redis_tls = settings.redis.tls,
+        redis_cluster = settings.redis.cluster,
         database = %settings.cosmos.database,
         container = %settings.cosmos.container,
         "custom handler listening"
@@ -90,6 +92,22 @@ async fn serve() -> ExitCode {
         Err(e) => {
             eprintln!("server error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs the cache counters once a minute while they change (they are also served, live, by
+/// `GET /_diagnostics` on the handler's port).
+async fn log_counters(cache: cosmos_cache_handler::cache::Cache) {
+    let mut last = serde_json::Value::Null;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = cache.stats_json();
+        if now != last {
+            tracing::info!(counters = %now, "cache counters");
+            last = now;
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The one Redis connection, guarded: an outer timeout on every call, a circuit breaker that
+//! The one Redis connection (a `ConnectionManager`, or the redis crate's async cluster client
+//! for clustered caches), guarded: an outer timeout on every call, a circuit breaker that
 //! skips Redis for a short cool-down after repeated failures (instead of paying the timeout on
 //! every request while Redis is a black hole), and a rebuild of the connection when the breaker
 //! opens, so a connection wedged by a non-I/O failure (`WRONGPASS` after a key rotation,
@@ -9,7 +10,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// Consecutive failures that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
@@ -48,11 +52,57 @@ pub enum CircuitState {
     HalfOpen,
 }
 
-/// A Redis connection manager behind a timeout and a circuit breaker.
+/// One shared, auto-reconnecting connection: to a single Redis endpoint, or to a Redis Cluster
+/// (OSS cluster protocol: Azure Managed Redis with the OSS clustering policy, Premium clustered
+/// caches). Both speak every command the cache sends; keys of one container share a hash tag,
+/// so its scripts touch a single slot.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// `redis::aio::ConnectionManager`.
+    Single(ConnectionManager),
+    /// `redis::cluster_async::ClusterConnection`.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How to (re)create the connection.
+enum Connector {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A Redis connection behind a timeout and a circuit breaker.
 pub struct GuardedRedis {
-    client: redis::Client,
+    connector: Connector,
     timeout: Duration,
-    conn: RwLock<ConnectionManager>,
+    conn: RwLock<RedisConn>,
     started: Instant,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `started` until which the breaker is open; 0 = closed.
@@ -68,14 +118,30 @@ pub struct GuardedRedis {
 }
 
 impl GuardedRedis {
-    /// A lazily connecting guard around `client`. `timeout` bounds every call.
+    /// A lazily connecting guard around `info`; `cluster` selects the cluster client.
+    /// `timeout` bounds every call.
     ///
     /// # Errors
-    /// When the connection manager cannot be created (a kind of error, no details).
-    pub fn new(client: redis::Client, timeout: Duration) -> Result<Arc<Self>, String> {
-        let conn = Self::connect(&client, timeout)?;
+    /// When the client cannot be created (a kind of error, no details).
+    pub fn new(
+        info: redis::ConnectionInfo,
+        cluster: bool,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, String> {
+        let connector = if cluster {
+            Connector::Cluster(
+                ClusterClient::new(vec![info])
+                    .map_err(|e| format!("invalid Redis cluster settings: {:?}", e.kind()))?,
+            )
+        } else {
+            Connector::Single(
+                redis::Client::open(info)
+                    .map_err(|e| format!("invalid Redis settings: {:?}", e.kind()))?,
+            )
+        };
+        let conn = Self::connect(&connector, timeout)?;
         Ok(Arc::new(Self {
-            client,
+            connector,
             timeout,
             conn: RwLock::new(conn),
             started: Instant::now(),
@@ -88,14 +154,30 @@ impl GuardedRedis {
         }))
     }
 
-    fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| format!("cannot create the Redis connection manager: {:?}", e.kind()))
+    /// A new lazily connecting connection: nothing is contacted until the first command.
+    fn connect(connector: &Connector, timeout: Duration) -> Result<RedisConn, String> {
+        match connector {
+            Connector::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(RedisConn::Single)
+                    .map_err(|e| {
+                        format!("cannot create the Redis connection manager: {:?}", e.kind())
+                    })
+            }
+            Connector::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout);
+                Ok(RedisConn::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -120,7 +202,7 @@ impl GuardedRedis {
     /// [`Failure`] when the breaker is open, the call timed out or Redis returned an error.
     pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, Failure>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if self.state() == CircuitState::Open {
@@ -165,7 +247,7 @@ impl GuardedRedis {
                 "Redis failing: circuit open, rebuilding the connection"
             );
             // A fresh manager: the old one may be stuck on a connection that will never work.
-            if let Ok(fresh) = Self::connect(&self.client, self.timeout) {
+            if let Ok(fresh) = Self::connect(&self.connector, self.timeout) {
                 *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
             }
         }

@@ -61,10 +61,22 @@ if v then return {g, v} end
 return {g}
 ";
 
+/// Bumps the generation KEYS[1], first creating it from ARGV[1] when missing; atomic. (A script,
+/// not MULTI/EXEC: the cluster client does not run transactions.)
+const BUMP_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('INCR', KEYS[1])
+";
+
 /// Deletes KEYS[1] only if it still holds ARGV[1] (our lease, not a later holder's).
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+";
+
+/// A lease waiter's look: the page KEYS[1] (or nil) and whether the lease KEYS[2] still exists.
+const PEEK_SCRIPT: &str = r"
+return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 ";
 
 /// How often a lease waiter looks for the leaseholder's result.
@@ -133,6 +145,8 @@ struct Inner {
     gen_key: String,
     entry_prefix: String,
     lookup: redis::Script,
+    bump: redis::Script,
+    peek: redis::Script,
     release: redis::Script,
     stats: CacheStats,
     /// True while an invalidation has not reached Redis.
@@ -164,9 +178,7 @@ impl Cache {
         database: &str,
         container: &str,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(target.info.clone())
-            .map_err(|e| format!("invalid Redis settings: {:?}", e.kind()))?;
-        let redis = GuardedRedis::new(client, settings.redis_timeout)?;
+        let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)?;
         let tag = format!("{{{database}/{container}}}");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -175,6 +187,8 @@ impl Cache {
                 gen_key: format!("cc:{tag}:gen"),
                 entry_prefix: format!("cc:{tag}:"),
                 lookup: redis::Script::new(LOOKUP_SCRIPT),
+                bump: redis::Script::new(BUMP_SCRIPT),
+                peek: redis::Script::new(PEEK_SCRIPT),
                 release: redis::Script::new(RELEASE_SCRIPT),
                 stats: CacheStats::default(),
                 invalidation_pending: AtomicBool::new(false),
@@ -416,13 +430,13 @@ impl Cache {
                 .inner
                 .redis
                 .run(|mut conn| {
-                    let pipe = redis::pipe()
-                        .cmd("GET")
-                        .arg(key)
-                        .cmd("EXISTS")
-                        .arg(lease_key)
-                        .to_owned();
-                    async move { pipe.query_async::<(Option<Vec<u8>>, bool)>(&mut conn).await }
+                    let mut invocation = self.inner.peek.key(key);
+                    invocation.key(lease_key);
+                    async move {
+                        invocation
+                            .invoke_async::<(Option<Vec<u8>>, bool)>(&mut conn)
+                            .await
+                    }
                 })
                 .await;
             match got {
@@ -532,27 +546,19 @@ impl Cache {
         }
     }
 
-    /// `SET gen <random> NX` then `INCR gen`, atomically (MULTI/EXEC).
+    /// `SET gen <random> NX` then `INCR gen`, atomically ([`BUMP_SCRIPT`]).
     async fn try_bump(&self) -> bool {
         let inner = &self.inner;
         let bumped = inner
             .redis
             .run(|mut conn| {
-                let pipe = redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&inner.gen_key)
-                    .arg(keys::random_generation())
-                    .arg("NX")
-                    .ignore()
-                    .cmd("INCR")
-                    .arg(&inner.gen_key)
-                    .to_owned();
-                async move { pipe.query_async::<(i64,)>(&mut conn).await }
+                let mut invocation = inner.bump.key(&inner.gen_key);
+                invocation.arg(keys::random_generation());
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
             })
             .await;
         match bumped {
-            Ok((generation,)) => {
+            Ok(generation) => {
                 inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(generation, "cache invalidated");
                 true

@@ -26,6 +26,7 @@ macro_rules! both_modes {
 mod bad_input;
 mod chaos;
 mod checker;
+mod cluster;
 mod consistency;
 mod herds;
 mod query;
