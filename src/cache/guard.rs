@@ -95,7 +95,7 @@ impl ConnectionLike for RedisConn {
 /// How to (re)create the connection.
 enum Connector {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A Redis connection behind a timeout and a circuit breaker.
@@ -129,10 +129,10 @@ impl GuardedRedis {
         timeout: Duration,
     ) -> Result<Arc<Self>, String> {
         let connector = if cluster {
-            Connector::Cluster(
+            Connector::Cluster(Box::new(
                 ClusterClient::new(vec![info])
                     .map_err(|e| format!("invalid Redis cluster settings: {:?}", e.kind()))?,
-            )
+            ))
         } else {
             Connector::Single(
                 redis::Client::open(info)
