@@ -94,7 +94,7 @@ impl ConnectionLike for RedisConn {
 
 /// How to (re)create the connection.
 enum Connector {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -134,10 +134,10 @@ impl GuardedRedis {
                     .map_err(|e| format!("invalid Redis cluster settings: {:?}", e.kind()))?,
             ))
         } else {
-            Connector::Single(
+            Connector::Single(Box::new(
                 redis::Client::open(info)
                     .map_err(|e| format!("invalid Redis settings: {:?}", e.kind()))?,
-            )
+            ))
         };
         let conn = Self::connect(&connector, timeout)?;
         Ok(Arc::new(Self {
@@ -163,7 +163,7 @@ impl GuardedRedis {
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                ConnectionManager::new_lazy_with_config(redis::Client::clone(client), config)
                     .map(RedisConn::Single)
                     .map_err(|e| {
                         format!("cannot create the Redis connection manager: {:?}", e.kind())
