@@ -287,18 +287,20 @@ impl Cache {
                 return Self::bypass(inner, fill).await;
             }
         };
-        let generation = match values.first() {
-            Some(redis::Value::BulkString(g)) => String::from_utf8_lossy(g).into_owned(),
+        let mut values = values.into_iter();
+        let generation = match values.next() {
+            Some(redis::Value::BulkString(g)) => String::from_utf8_lossy(&g).into_owned(),
             _ => {
                 tracing::warn!("Redis lookup returned no generation; bypass");
                 return Self::bypass(inner, fill).await;
             }
         };
-        if let Some(redis::Value::BulkString(stored)) = values.get(1) {
-            if let Some(body) = keys::decode(stored) {
+        if let Some(redis::Value::BulkString(stored)) = values.next() {
+            if keys::decode(&stored).is_some() {
                 inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+                // Serve the stored bytes as they are: no copy, no re-serialization.
                 return Ok(Served {
-                    body: Bytes::copy_from_slice(body),
+                    body: Bytes::from(stored).slice(keys::VALUE_FORMAT.len()..),
                     outcome: CacheOutcome::Hit,
                     request_charge: None,
                 });
