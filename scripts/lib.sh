@@ -19,3 +19,28 @@ ensure_node_modules() {
     (cd "$ROOT/tests/cosmos" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# apt-get install PACKAGE..., as root or through sudo.
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+# objdump (binutils): scripts/publish-package.sh checks the binary's glibc symbol versions.
+ensure_objdump() {
+  if ! command -v objdump >/dev/null 2>&1; then
+    echo "== installing binutils (apt), for objdump"
+    apt_install binutils
+  fi
+}
+
+# openssl: tests/api/tls.rs makes a throwaway CA and server certificate with it.
+ensure_openssl() {
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "== installing openssl (apt)"
+    apt_install openssl
+  fi
+}

@@ -7,6 +7,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 . scripts/lib.sh
 ensure_redis
+ensure_openssl
 ensure_node_modules
 if [ ! -f ../shared/data/us-cities-top-1k.csv ]; then
   echo "the integration tests load ../shared/data/us-cities-top-1k.csv, which is not there" >&2

@@ -29,6 +29,8 @@ mod checker;
 mod cluster;
 mod consistency;
 mod herds;
+mod publish;
 mod query;
 mod redis_outage;
+mod tls;
 mod update;

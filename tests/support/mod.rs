@@ -5,6 +5,7 @@ pub mod chaos_proxy;
 pub mod cosmos_server;
 pub mod host_emulator;
 pub mod redis_server;
+pub mod scratch;
 pub mod stack;
 
 pub use stack::{Mode, Stack};
