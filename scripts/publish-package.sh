@@ -77,8 +77,8 @@ NEEDED_GLIBC=$(objdump -T "$BINARY" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLI
 if [ -n "$NEEDED_GLIBC" ]; then
   NEWEST=$(printf '%s\n%s\n' "$NEEDED_GLIBC" "$MAX_GLIBC" | sort -V | tail -n 1)
   if [ "$NEWEST" != "$MAX_GLIBC" ]; then
-    echo "$BINARY needs GLIBC_$NEEDED_GLIBC, newer than $MAX_GLIBC (Debian 12, the base of the" >&2
-    echo "Functions Linux images): build it on Debian 12 or older" >&2
+    echo "$BINARY needs GLIBC_$NEEDED_GLIBC, newer than MAX_GLIBC=$MAX_GLIBC (default 2.36, the" >&2
+    echo "glibc of Debian 12): build it on a system whose glibc is no newer than $MAX_GLIBC" >&2
     exit 1
   fi
   echo "== glibc: the binary needs GLIBC_$NEEDED_GLIBC at most (limit $MAX_GLIBC)"
