@@ -209,7 +209,8 @@ async fn package_has_the_app_files_and_an_executable_handler_that_serves_queries
         .map(|c| c.city)
         .collect();
     for mode in [Mode::Forwarding, Mode::Payload] {
-        let mut stack = Stack::services(mode, true, &[]);
+        // A generous Redis timeout: this test is about the package, not about timeouts.
+        let mut stack = Stack::services(mode, true, &[("REDIS_TIMEOUT_MS", "3000")]);
         let host = HostEmulator::start(EmulatorConfig {
             app_root: app.clone(),
             executable: None,

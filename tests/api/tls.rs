@@ -252,7 +252,10 @@ async fn rediss_url_and_stackexchange_form_over_tls(mode: Mode) {
     let trusted = make_ca(dir.path(), "test");
     let untrusted = make_ca(dir.path(), "other");
     make_server_certificate(dir.path());
-    let mut stack = Stack::services(mode, true, &[]);
+    // The connection timeout is REDIS_TIMEOUT_MS (default 250 ms) and covers the first TLS
+    // handshake, which a debug build on a busy 2-core machine can exceed; a bypass then would
+    // say nothing about TLS. This test is about TLS, not about timeouts.
+    let mut stack = Stack::services(mode, true, &[("REDIS_TIMEOUT_MS", "3000")]);
     let entry_prefix = format!("cc:{{{}/{CONTAINER}}}:", stack.database);
 
     // 1. rediss://localhost:<port>, no password.
