@@ -205,7 +205,9 @@ impl Settings {
             Some((name, v)) => v
                 .trim()
                 .parse::<u16>()
-                .map_err(|_| ConfigError::new(name, "must be a TCP port number (1-65535)"))?,
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ConfigError::new(name, "must be a TCP port number (1-65535)"))?,
             // `func start` always sets it; a bare `cargo run` gets a fixed dev port.
             None => 3000,
         };
@@ -299,14 +301,17 @@ fn cosmos_from(get: &dyn Fn(&str) -> Option<String>) -> Result<CosmosSettings, C
             (endpoint, Secret::new(key))
         }
     };
-    check_endpoint(&endpoint).map_err(|p| {
-        let name = if get(names::COSMOS_CONNECTION_STRING).is_some() {
-            names::COSMOS_CONNECTION_STRING
-        } else {
-            names::COSMOS_ENDPOINT
-        };
-        ConfigError::new(name, p)
-    })?;
+    let from_connection_string = get(names::COSMOS_CONNECTION_STRING).is_some();
+    let (endpoint_setting, key_setting) = if from_connection_string {
+        (
+            names::COSMOS_CONNECTION_STRING,
+            names::COSMOS_CONNECTION_STRING,
+        )
+    } else {
+        (names::COSMOS_ENDPOINT, names::COSMOS_KEY)
+    };
+    check_endpoint(&endpoint).map_err(|p| ConfigError::new(endpoint_setting, p))?;
+    check_key(&key).map_err(|p| ConfigError::new(key_setting, p))?;
     let database = get(names::COSMOS_DATABASE)
         .ok_or_else(|| ConfigError::new(names::COSMOS_DATABASE, "is not set"))?;
     let container = get(names::COSMOS_CONTAINER)
@@ -319,15 +324,33 @@ fn cosmos_from(get: &dyn Fn(&str) -> Option<String>) -> Result<CosmosSettings, C
     })
 }
 
+/// The endpoint must be an `https://` URL (or `http://` for a local emulator) with a host and
+/// no credentials in it (the SDK logs the endpoint).
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let lower = endpoint.to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+    let url = url::Url::parse(endpoint)
+        .map_err(|_| "the account endpoint is not a valid URL".to_string())?;
+    if !matches!(url.scheme(), "https" | "http") {
         return Err(
             "the account endpoint must start with https:// (or http:// for a local emulator)"
                 .into(),
         );
     }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the account endpoint has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the account endpoint must not contain credentials".into());
+    }
     Ok(())
+}
+
+/// Cosmos account keys are base64 (the portal shows 88 characters).
+fn check_key(key: &Secret) -> Result<(), String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key.expose().trim())
+        .map(|_| ())
+        .map_err(|_| "the account key is not base64".to_string())
 }
 
 /// Parses a Cosmos DB connection string as the Azure portal shows it
@@ -385,9 +408,14 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
     }
     let mut parts = s.split(',').map(str::trim);
     let endpoint = parts.next().unwrap_or_default();
-    if endpoint.is_empty() || endpoint.contains('=') {
+    // A host name, an IPv4 address or a bracketed IPv6 address, and an optional port: anything
+    // else (another URL scheme, `user:password@`, a path) is a mistake, and echoing it could
+    // print a password.
+    let host_chars =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']');
+    if endpoint.is_empty() || !endpoint.chars().all(host_chars) {
         return Err(
-            "must be a redis:// URL or start with host:port (StackExchange.Redis form)".into(),
+            "must be a redis:// or rediss:// URL, or host:port,password=...,ssl=True (StackExchange.Redis form)".into(),
         );
     }
     let (host, port) = match endpoint.rsplit_once(':') {
@@ -460,7 +488,7 @@ mod tests {
             (names::REDIS, "redis://127.0.0.1:6379".to_string()),
             (
                 names::COSMOS_CONNECTION_STRING,
-                "AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey=c2VjcmV0/+k==;"
+                "AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey=c2VjcmV0/+k=;"
                     .to_string(),
             ),
             (names::COSMOS_DATABASE, "tutorial".to_string()),
@@ -476,7 +504,7 @@ mod tests {
     fn portal_cosmos_connection_string_keeps_padding() {
         let s = load(&base()).expect("valid settings");
         assert_eq!(s.cosmos.endpoint, "https://acct.documents.azure.com:443/");
-        assert_eq!(s.cosmos.key.expose(), "c2VjcmV0/+k==");
+        assert_eq!(s.cosmos.key.expose(), "c2VjcmV0/+k=");
         assert_eq!(s.cache.ttl, Duration::from_secs(300));
         assert_eq!(s.port, 3000);
     }
@@ -544,6 +572,41 @@ mod tests {
         let mut env = base();
         env.remove(names::REDIS);
         assert_eq!(load(&env).expect_err("no redis").name, names::REDIS);
+
+        // A URL with the wrong scheme is not mistaken for host:port (and never echoed).
+        for wrong in [
+            "redis:/:hunter2@127.0.0.1:6379",
+            "http://:hunter2@h:6379",
+            "h:6379/0",
+        ] {
+            let mut env = base();
+            env.insert(names::REDIS, wrong.into());
+            let e = load(&env).expect_err("wrong scheme");
+            assert_eq!(e.name, names::REDIS);
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        for (name, value) in [
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://;AccountKey=a2V5;",
+            ),
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://u:hunter2@h/;AccountKey=a2V5;",
+            ),
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://h/;AccountKey=not-b64!!;",
+            ),
+            (names::PORT, "0"),
+            (names::REDIS_CLUSTER, "yes"),
+        ] {
+            let mut env = base();
+            env.insert(name, value.into());
+            let e = load(&env).expect_err(value);
+            assert_eq!(e.name, name, "{value}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,35 @@ pub enum AppError {
     /// 404: the document to delete does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Cosmos DB refused a write for a reason the client can act on: 409 (conflict, e.g. a
+    /// unique key), 412 (precondition) or 413 (document over 2 MB). `field` names the document.
+    #[error("{message}")]
+    Rejected {
+        /// The status Cosmos answered.
+        status: StatusCode,
+        /// The document at fault (`body`, or `[i]` in an array).
+        field: String,
+        /// Cosmos's message.
+        message: String,
+    },
+    /// 413: the request body is larger than the handler accepts.
+    #[error("the request body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit_bytes: usize,
+    },
+    /// A write request that failed part-way: `written` of `total` documents were acknowledged by
+    /// Cosmos before `cause`. The status and code are the cause's. Upserts are idempotent, so
+    /// the client can send the whole request again.
+    #[error("{cause} ({written} of {total} documents were written before the failure)")]
+    PartialWrite {
+        /// Why the write stopped.
+        cause: Box<AppError>,
+        /// Documents Cosmos acknowledged.
+        written: usize,
+        /// Documents in the request.
+        total: usize,
+    },
     /// 405: the function does not accept this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -58,6 +87,9 @@ impl AppError {
         match self {
             Self::BadRequest { .. } | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Rejected { status, .. } => *status,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PartialWrite { cause, .. } => cause.status(),
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Throttled { .. } | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,6 +102,9 @@ impl AppError {
             Self::BadRequest { .. } => "bad_request",
             Self::BadQuery(_) => "bad_query",
             Self::NotFound(_) => "not_found",
+            Self::Rejected { .. } => "rejected",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::PartialWrite { cause, .. } => cause.code(),
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Throttled { .. } => "throttled",
             Self::Unavailable(_) => "unavailable",
@@ -77,18 +112,42 @@ impl AppError {
         }
     }
 
-    /// Renders the error as the response both wire modes send.
+    /// The JSON field the client should look at, if any.
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::BadRequest { field, .. } | Self::Rejected { field, .. } => Some(field),
+            Self::PayloadTooLarge { .. } => Some("body"),
+            Self::PartialWrite { cause, .. } => cause.field(),
+            _ => None,
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Throttled { retry_after_secs } => Some(*retry_after_secs),
+            Self::PartialWrite { cause, .. } => cause.retry_after_secs(),
+            _ => None,
+        }
+    }
+
+    /// Renders the error as the response both wire modes send:
+    /// `{"error":{"code","message","field"?,"written"?,"total"?}}`.
     pub fn into_response(self) -> ApiResponse {
-        let mut error = json!({ "code": self.code(), "message": self.to_string() });
-        if let Self::BadRequest { field, message } = &self {
+        let message = match &self {
+            Self::BadRequest { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let mut error = json!({ "code": self.code(), "message": message });
+        if let Some(field) = self.field() {
             error["field"] = json!(field);
-            error["message"] = json!(message);
+        }
+        if let Self::PartialWrite { written, total, .. } = &self {
+            error["written"] = json!(written);
+            error["total"] = json!(total);
         }
         let body = Bytes::from(json!({ "error": error }).to_string());
         let mut response = ApiResponse::json(self.status(), body);
-        if let Self::Throttled { retry_after_secs } = self {
-            response.retry_after_secs = Some(retry_after_secs);
-        }
+        response.retry_after_secs = self.retry_after_secs();
         response
     }
 }

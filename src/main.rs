@@ -133,6 +133,40 @@ async fn shutdown_signal() {
     }
 }
 
+/// Seeding writes to Cosmos like `update` does, so it invalidates the container's cached pages
+/// when the handler's Redis settings are present.
+async fn invalidate_after_seeding() {
+    if std::env::var_os(config::names::REDIS).is_none() {
+        println!(
+            "{} is not set: no cache to invalidate",
+            config::names::REDIS
+        );
+        return;
+    }
+    let settings = match config::Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cache not invalidated: configuration error: {e}");
+            return;
+        }
+    };
+    cosmos_cache_handler::install_crypto_provider();
+    match cosmos_cache_handler::build_state(&settings) {
+        Ok(state) => match state.cache.invalidate().await {
+            cosmos_cache_handler::cache::Invalidation::Done => {
+                println!("cache invalidated ({})", settings.redis.display_addr);
+            }
+            cosmos_cache_handler::cache::Invalidation::Pending => {
+                eprintln!(
+                    "warning: Redis at {} did not accept the invalidation; cached pages may be served until their TTL",
+                    settings.redis.display_addr
+                );
+            }
+        },
+        Err(e) => eprintln!("cache not invalidated: {e}"),
+    }
+}
+
 async fn seed_command(args: &[String]) -> ExitCode {
     let flag = |name: &str| {
         args.iter()
@@ -186,6 +220,7 @@ async fn seed_command(args: &[String]) -> ExitCode {
                 "seeded {n} documents in {:.1}s",
                 started.elapsed().as_secs_f64()
             );
+            invalidate_after_seeding().await;
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,9 +33,12 @@ pub const HTTP_OUTPUT: &str = "res";
 pub const HTTP_TRIGGER: &str = "req";
 /// Header carrying the host's invocation id (§4.1, §6).
 pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
-/// Largest request accepted, in bytes: a payload-mode envelope carries the client body as a
-/// JSON string, so this is above Cosmos DB's 2 MB document limit.
-pub const BODY_LIMIT: usize = 8 << 20;
+/// Largest client body accepted, in bytes (16 MiB): room for an `update` batch of documents
+/// (each at most 2 MB in Cosmos DB).
+pub const BODY_LIMIT: usize = 16 << 20;
+/// Largest invocation envelope accepted, in bytes: the client body travels inside it as a JSON
+/// string, where escaping can double its size, plus headers and metadata.
+pub const ENVELOPE_LIMIT: usize = 2 * BODY_LIMIT + (1 << 20);
 
 /// The handler's routes. `route_prefix` is `extensions.http.routePrefix` from `host.json`
 /// (`api` by default); forwarded requests arrive under it (§6, §8). With an empty prefix the
@@ -52,7 +56,7 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
     }
     router
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(ENVELOPE_LIMIT))
         .with_state(state)
 }
 
@@ -65,6 +69,22 @@ async fn ready() -> &'static str {
 async fn diagnostics(State(state): State<AppState>) -> Response {
     let body = json!({ "cache": state.cache.stats_json() });
     json_response(StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+fn too_large(limit_bytes: usize) -> Response {
+    AppError::PayloadTooLarge { limit_bytes }
+        .into_response()
+        .into_http()
+}
+
+/// The body could not be read: over the limit (413), or the connection failed (400).
+fn body_rejected(e: &BytesRejection) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(ENVELOPE_LIMIT);
+    }
+    AppError::bad_request("body", "could not be read")
+        .into_response()
+        .into_http()
 }
 
 async fn not_found() -> Response {
@@ -80,10 +100,15 @@ async fn forwarded(
     method: Method,
     RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(function) = Function::from_name(&function) else {
         return not_found().await;
+    };
+    let body = match body {
+        Ok(b) if b.len() <= BODY_LIMIT => b,
+        Ok(_) => return too_large(BODY_LIMIT),
+        Err(e) => return body_rejected(&e),
     };
     let query = raw_query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -104,10 +129,14 @@ async fn invocation(
     State(state): State<AppState>,
     Path(function): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(function) = Function::from_name(&function) else {
         return not_found().await;
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_rejected(&e),
     };
     let request = match parse_invocation(function, &body, invocation_id(&headers)) {
         Ok(r) => r,
@@ -118,7 +147,18 @@ async fn invocation(
             return json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()));
         }
     };
-    let (response, log_line) = run(&state, &request, "payload").await;
+    let (response, log_line) = if request.body.len() > BODY_LIMIT {
+        let response = AppError::PayloadTooLarge {
+            limit_bytes: BODY_LIMIT,
+        }
+        .into_response();
+        (
+            response,
+            format!("{} -> 413 body too large", function.name()),
+        )
+    } else {
+        run(&state, &request, "payload").await
+    };
     json_response(
         StatusCode::OK,
         Bytes::from(invocation_result(&response, log_line).to_string()),
@@ -253,6 +293,14 @@ pub fn parse_invocation(
     };
     let body = match req.get("Body") {
         None | Some(Value::Null) => Bytes::new(),
+        // §4.3: application/octet-stream and multipart bodies arrive base64-encoded.
+        Some(Value::String(s)) if is_base64_media_type(req.get("Headers")) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(Bytes::from)
+                .map_err(|_| "Data.req.Body is not base64 although the content type is binary")?
+        }
         Some(Value::String(s)) => Bytes::from(s.clone()),
         // Not what the host sends (§4.3: Body is text), but unambiguous.
         Some(other) => Bytes::from(other.to_string()),
@@ -266,11 +314,41 @@ pub fn parse_invocation(
     })
 }
 
+/// Whether `Data.req.Headers` names a media type the host sends base64-encoded (§4.3):
+/// `application/octet-stream`, or any type containing `multipart`.
+fn is_base64_media_type(headers: Option<&Value>) -> bool {
+    let Some(Value::Object(headers)) = headers else {
+        return false;
+    };
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .flat_map(|(_, v)| match v {
+            Value::Array(values) => values.iter().filter_map(Value::as_str).collect::<Vec<_>>(),
+            Value::String(s) => vec![s.as_str()],
+            _ => Vec::new(),
+        })
+        .any(|t| {
+            let t = t.to_ascii_lowercase();
+            t.starts_with("application/octet-stream") || t.contains("multipart")
+        })
+}
+
+/// Query values as strings; an array (which the host never sends) is joined with `,` as the
+/// host joins repeated keys (§4.3).
 fn object_pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
     map.iter()
         .filter_map(|(k, v)| match v {
             Value::String(s) => Some((k.clone(), s.clone())),
             Value::Null => None,
+            Value::Array(items) => Some((
+                k.clone(),
+                items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )),
             other => Some((k.clone(), other.to_string())),
         })
         .collect()

@@ -188,10 +188,7 @@ impl CosmosStore {
                     .await
                     .map_err(|e| {
                         if e.status().is_not_found() {
-                            AppError::Unavailable(format!(
-                                "Cosmos DB container {}/{} does not exist",
-                                self.settings.database, self.settings.container
-                            ))
+                            self.container_missing()
                         } else {
                             map_error(&e, "open container")
                         }
@@ -248,7 +245,7 @@ impl Store for CosmosStore {
         let mut pages = container
             .query_items::<Value>(query, scope, Some(options))
             .await
-            .map_err(|e| map_query_error(&e, spec))?
+            .map_err(|e| self.map_query_error(&e, spec))?
             .into_pages();
         let Some(page) = pages.next().await else {
             return Ok(QueryPage {
@@ -257,7 +254,7 @@ impl Store for CosmosStore {
                 request_charge: 0.0,
             });
         };
-        let page = page.map_err(|e| map_query_error(&e, spec))?;
+        let page = page.map_err(|e| self.map_query_error(&e, spec))?;
         let request_charge = page.headers().request_charge().map_or(0.0, |c| c.value());
         // The server's own continuation says whether this partition range has more.
         // The SDK's token (which also encodes the query plan's position) is what resumes.
@@ -286,13 +283,7 @@ impl Store for CosmosStore {
         let response = container
             .upsert_item(pk.to_cosmos()?, id, doc, None)
             .await
-            .map_err(|e| {
-                if e.status().is_bad_request() {
-                    AppError::bad_request("body", format!("Cosmos DB refused the document {id:?}"))
-                } else {
-                    map_error(&e, "upsert")
-                }
-            })?;
+            .map_err(|e| self.map_write_error(&e, "upsert"))?;
         Ok(response
             .headers()
             .request_charge()
@@ -305,10 +296,10 @@ impl Store for CosmosStore {
             .delete_item(pk.to_cosmos()?, id, None)
             .await
             .map_err(|e| {
-                if e.status().is_not_found() {
+                if e.status().is_not_found() && e.is_from_wire() {
                     AppError::NotFound(format!("no document with id {id:?} in that partition"))
                 } else {
-                    map_error(&e, "delete")
+                    self.map_write_error(&e, "delete")
                 }
             })?;
         Ok(response
@@ -316,20 +307,6 @@ impl Store for CosmosStore {
             .request_charge()
             .map_or(0.0, |c| c.value()))
     }
-}
-
-fn map_query_error(e: &CosmosError, spec: &QuerySpec) -> AppError {
-    if e.status().is_bad_request() {
-        let message = cosmos_message(e);
-        if spec.continuation.is_some() && message.to_ascii_lowercase().contains("continuation") {
-            return AppError::bad_request(
-                "continuation",
-                "is not a valid continuation token for this query",
-            );
-        }
-        return AppError::BadQuery(message);
-    }
-    map_error(e, "query")
 }
 
 /// Cosmos's own message without the status prefix the SDK's `Display` adds.
@@ -369,6 +346,60 @@ fn map_error(e: &CosmosError, operation: &'static str) -> AppError {
 }
 
 impl CosmosStore {
+    fn container_missing(&self) -> AppError {
+        AppError::Unavailable(format!(
+            "Cosmos DB container {}/{} does not exist",
+            self.settings.database, self.settings.container
+        ))
+    }
+
+    fn map_query_error(&self, e: &CosmosError, spec: &QuerySpec) -> AppError {
+        let status = e.status();
+        if spec.continuation.is_some() {
+            // A token the SDK cannot resume from (garbage, another query's, another scope's) is
+            // a client-side error of the SDK (HTTP 400 or 500 without a wire response).
+            let code = u16::from(status.status_code());
+            let client_side = !e.is_from_wire() && (code == 400 || code == 500);
+            let rejected = status.is_bad_request()
+                && cosmos_message(e)
+                    .to_ascii_lowercase()
+                    .contains("continuation");
+            if client_side || rejected {
+                tracing::warn!(error = %e, "unusable continuation token");
+                return AppError::bad_request(
+                    "continuation",
+                    "is not a continuation token of this query (use the `continuation` of the previous page, unchanged)",
+                );
+            }
+        }
+        if status.is_bad_request() && e.is_from_wire() {
+            return AppError::BadQuery(cosmos_message(e));
+        }
+        if status.is_not_found() && e.is_from_wire() {
+            return self.container_missing();
+        }
+        map_error(e, "query")
+    }
+
+    /// Cosmos refusals the client can act on keep their status; the rest as [`map_error`].
+    fn map_write_error(&self, e: &CosmosError, operation: &'static str) -> AppError {
+        let status = e.status();
+        let code = u16::from(status.status_code());
+        if e.is_from_wire() && matches!(code, 400 | 409 | 412 | 413) {
+            tracing::warn!(operation, error = %e, "Cosmos DB refused the write");
+            return AppError::Rejected {
+                status: axum::http::StatusCode::from_u16(code)
+                    .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+                field: "body".into(),
+                message: format!("Cosmos DB refused the document: {}", cosmos_message(e)),
+            };
+        }
+        if status.is_not_found() && e.is_from_wire() {
+            return self.container_missing();
+        }
+        map_error(e, operation)
+    }
+
     /// Creates the database and the container (partition key `pk_path`) when missing. For the
     /// seeding command and tests; the handler itself never creates resources.
     ///

@@ -70,9 +70,13 @@ pub fn encode(body: &[u8]) -> Vec<u8> {
     value
 }
 
-/// The body inside a stored value, or `None` for an unknown format.
+/// The body inside a stored value, or `None` for an unknown format. Besides the version
+/// prefix, the body must look like the JSON object we store (`{...}`): a cheap check that
+/// catches truncated or foreign values without parsing every hit.
 pub fn decode(value: &[u8]) -> Option<&[u8]> {
-    value.strip_prefix(VALUE_FORMAT)
+    value
+        .strip_prefix(VALUE_FORMAT)
+        .filter(|body| body.first() == Some(&b'{') && body.last() == Some(&b'}'))
 }
 
 #[cfg(test)]
@@ -147,5 +151,7 @@ mod tests {
         assert_eq!(decode(&encode(b"{}")), Some(&b"{}"[..]));
         assert_eq!(decode(b"{}"), None);
         assert_eq!(decode(b"v0:{}"), None);
+        assert_eq!(decode(b"v1:not json at all"), None);
+        assert_eq!(decode(b"v1:{\"items\":["), None);
     }
 }

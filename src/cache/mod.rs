@@ -62,10 +62,19 @@ return {g}
 ";
 
 /// Bumps the generation KEYS[1], first creating it from ARGV[1] when missing; atomic. (A script,
-/// not MULTI/EXEC: the cluster client does not run transactions.)
+/// not MULTI/EXEC: the cluster client does not run transactions.) When Redis refuses the bump
+/// (out of memory with `noeviction`, or a generation that is not a number), the generation key
+/// is deleted instead — `DEL` is allowed when out of memory — so every instance's next lookup
+/// re-creates it from a fresh random value (or, while still out of memory, bypasses): the old
+/// entries are unreachable either way. Returns the new generation, or -1 after a delete.
 const BUMP_SCRIPT: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('INCR', KEYS[1])
+redis.pcall('SET', KEYS[1], ARGV[1], 'NX')
+local g = redis.pcall('INCR', KEYS[1])
+if type(g) == 'table' and g.err then
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+return g
 ";
 
 /// Deletes KEYS[1] only if it still holds ARGV[1] (our lease, not a later holder's).

@@ -67,7 +67,13 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     Ok(response)
 }
 
-/// Builds the query of a `GET`: filters sorted by field name, parameters named after fields.
+/// Longest partition-key value Cosmos DB accepts, in bytes
+/// (https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits).
+pub const MAX_PARTITION_KEY_BYTES: usize = 2048;
+
+/// Builds the query of a `GET`: filters sorted by field name, as
+/// `c["<field>"] = @f_<field>` (the bracket form and the prefix keep names such as `value` or
+/// `order`, which are SQL keywords, usable).
 ///
 /// # Errors
 /// `BadRequest` naming the parameter.
@@ -81,6 +87,13 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
             "code" => {}
             "maxItemCount" => max_item_count = parse_max_item_count(value)?,
             "continuation" => continuation = Some(value.clone()).filter(|c| !c.is_empty()),
+            "partitionKey" if value.is_empty() => {}
+            "partitionKey" if value.len() > MAX_PARTITION_KEY_BYTES => {
+                return Err(AppError::bad_request(
+                    "partitionKey",
+                    format!("is longer than {MAX_PARTITION_KEY_BYTES} bytes"),
+                ));
+            }
             "partitionKey" => partition_key = Some(PkValue::Str(value.clone())),
             field => {
                 if !is_identifier(field) {
@@ -100,13 +113,13 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
     let mut text = String::from("SELECT * FROM c");
     for (i, (field, _)) in filters.iter().enumerate() {
         text.push_str(if i == 0 { " WHERE " } else { " AND " });
-        text.push_str(&format!("c.{field} = @{field}"));
+        text.push_str(&format!("c[\"{field}\"] = @f_{field}"));
     }
     Ok(QuerySpec {
         text,
         parameters: filters
             .iter()
-            .map(|(f, v)| (format!("@{f}"), Value::String((*v).to_string())))
+            .map(|(f, v)| (format!("@f_{f}"), Value::String((*v).to_string())))
             .collect(),
         partition_key,
         max_item_count,
@@ -115,13 +128,16 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
 }
 
 /// Scopes a `GET` query to one partition when it filters on the partition-key field (path
-/// `/state` → parameter `@state`): a single-partition query costs fewer RU.
+/// `/state` → parameter `@f_state`): a single-partition query costs fewer RU. A value longer
+/// than a partition key can be matches nothing; it is left as a cross-partition filter.
 pub fn pin_partition(spec: &mut QuerySpec, pk_path: &str) {
     let Some(field) = pk_path.strip_prefix('/').filter(|f| !f.contains('/')) else {
         return;
     };
-    let name = format!("@{field}");
-    if let Some((_, Value::String(v))) = spec.parameters.iter().find(|(n, _)| *n == name) {
+    let name = format!("@f_{field}");
+    if let Some((_, Value::String(v))) = spec.parameters.iter().find(|(n, _)| *n == name)
+        && v.len() <= MAX_PARTITION_KEY_BYTES
+    {
         spec.partition_key = Some(PkValue::Str(v.clone()));
     }
 }
@@ -148,7 +164,7 @@ pub fn spec_from_body(body: &[u8]) -> Result<QuerySpec, AppError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AppError::bad_request(
             "body",
-            "expected a JSON object {\"query\": \"SELECT ...\", \"parameters\": [...]}",
+            "is empty: expected a JSON object {\"query\": \"SELECT ...\", \"parameters\": [...]} (the Functions host drops request bodies sent without Content-Length)",
         ));
     }
     let value: Value = serde_json::from_slice(body)
@@ -285,11 +301,11 @@ mod tests {
         pin_partition(&mut spec, "/state");
         assert_eq!(
             spec.text,
-            "SELECT * FROM c WHERE c.city = @city AND c.state = @state"
+            "SELECT * FROM c WHERE c[\"city\"] = @f_city AND c[\"state\"] = @f_state"
         );
         assert_eq!(
             spec.parameters[0],
-            ("@city".into(), Value::String("Austin".into()))
+            ("@f_city".into(), Value::String("Austin".into()))
         );
         assert_eq!(spec.partition_key, Some(PkValue::Str("Texas".into())));
         assert_eq!(spec.max_item_count, 5);

@@ -10,7 +10,7 @@
 
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::api::{ApiRequest, ApiResponse};
@@ -59,7 +59,7 @@ pub fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppE
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AppError::bad_request(
             "body",
-            "expected a JSON document or an array of documents",
+            "is empty: expected a JSON document or an array of documents (the Functions host drops request bodies sent without Content-Length, e.g. chunked)",
         ));
     }
     let value: Value = serde_json::from_slice(body)
@@ -107,14 +107,7 @@ pub fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppE
             Some(_) => return Err(AppError::bad_request(at(i, "id"), "must be a string")),
             None => return Err(AppError::bad_request(at(i, "id"), "is required")),
         };
-        // Cosmos DB ids: at most 255 characters, and not '/', '\', '?', '#'
-        // (https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits).
-        if id.is_empty() || id.chars().count() > 255 || id.contains(['/', '\\', '?', '#']) {
-            return Err(AppError::bad_request(
-                at(i, "id"),
-                "must be 1-255 characters without '/', '\\', '?' or '#'",
-            ));
-        }
+        check_id(&id).map_err(|m| AppError::bad_request(at(i, "id"), m))?;
         let mut pk_value = Some(&doc);
         for s in &segments {
             pk_value = pk_value.and_then(|v| v.get(*s));
@@ -130,45 +123,129 @@ pub fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppE
                 AppError::bad_request(at(i, &pk_field), "must be a string, number or boolean")
             })?,
         };
+        if let Some(j) = writes.iter().position(|w: &Write| w.id == id && w.pk == pk) {
+            // Concurrent upserts of one document would race: which one wins is undefined.
+            return Err(AppError::bad_request(
+                at(i, "id"),
+                format!("repeats document [{j}] (same id and partition key)"),
+            ));
+        }
         writes.push(Write { id, pk, doc });
     }
     Ok(writes)
 }
 
+/// Cosmos DB ids: 1-255 characters, none of `/ \ ? #`
+/// (https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits); we also
+/// refuse `.`, `..` and control characters, which would alter the request path of a point
+/// operation (the SDK puts the id in the URL).
+///
+/// # Errors
+/// What is wrong with the id.
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty()
+        || id.chars().count() > 255
+        || id.contains(['/', '\\', '?', '#'])
+        || id.chars().any(char::is_control)
+        || id == "."
+        || id == ".."
+    {
+        return Err(
+            "must be 1-255 characters without '/', '\\', '?', '#' or control characters, and not '.' or '..'",
+        );
+    }
+    Ok(())
+}
+
 async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
     let pk_path = state.store.partition_key_path().await?;
     let writes = validate_documents(&req.body, &pk_path)?;
-    let count = writes.len();
-    let result: Result<Vec<f64>, AppError> = futures::stream::iter(writes)
-        .map(|w| {
-            let store = state.store.clone();
-            async move { store.upsert(&w.pk, &w.id, &w.doc).await }
-        })
-        .buffer_unordered(CONCURRENT_WRITES)
-        .try_collect()
-        .await;
-    // Invalidate after Cosmos answered, whether or not every write succeeded.
+    let total = writes.len();
+    let single = req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let results: Vec<(usize, Result<f64, AppError>)> =
+        futures::stream::iter(writes.into_iter().enumerate())
+            .map(|(i, w)| {
+                let store = state.store.clone();
+                async move { (i, store.upsert(&w.pk, &w.id, &w.doc).await) }
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+    // Invalidate after Cosmos answered, whether or not every write succeeded: a write that
+    // errored or timed out may still have been applied.
     let invalidation = state.cache.invalidate().await;
-    let charges = result?;
+    let written = results.iter().filter(|(_, r)| r.is_ok()).count();
+    let charge: f64 = results.iter().filter_map(|(_, r)| r.as_ref().ok()).sum();
+    let first_error = results
+        .into_iter()
+        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .min_by_key(|(i, _)| *i);
+    if let Some((i, cause)) = first_error {
+        let cause = match cause {
+            AppError::Rejected {
+                status, message, ..
+            } => AppError::Rejected {
+                status,
+                field: if single {
+                    "body".into()
+                } else {
+                    format!("[{i}]")
+                },
+                message,
+            },
+            other => other,
+        };
+        if written == 0 && single {
+            return Err(cause);
+        }
+        return Err(AppError::PartialWrite {
+            cause: Box::new(cause),
+            written,
+            total,
+        });
+    }
     let mut response = ApiResponse::json(
         StatusCode::OK,
-        Bytes::from(json!({ "upserted": count }).to_string()),
+        Bytes::from(json!({ "upserted": total }).to_string()),
     );
-    response.request_charge = Some(charges.iter().sum());
+    response.request_charge = Some(charge);
     response.invalidation = Some(invalidation_header(invalidation));
     Ok(response)
 }
 
-async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
+/// `DELETE ?id=...&partitionKey=...` (a string partition key), or a JSON body
+/// `{"id":"...","partitionKey":<string|number|boolean>}` for keys of other types.
+fn delete_target(req: &ApiRequest) -> Result<(String, PkValue), AppError> {
+    if req.query_param("id").is_none() && !req.body.iter().all(u8::is_ascii_whitespace) {
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|e| AppError::bad_request("body", format!("is not valid JSON: {e}")))?;
+        let id = match body.get("id") {
+            Some(Value::String(id)) => id.clone(),
+            _ => return Err(AppError::bad_request("id", "is required (a string)")),
+        };
+        let pk = body
+            .get("partitionKey")
+            .and_then(PkValue::from_json)
+            .ok_or_else(|| {
+                AppError::bad_request("partitionKey", "is required (a string, number or boolean)")
+            })?;
+        return Ok((id, pk));
+    }
     let id = match req.query_param("id") {
-        Some(id) if !id.is_empty() => id,
+        Some(id) if !id.is_empty() => id.to_string(),
         _ => return Err(AppError::bad_request("id", "is required")),
     };
     let pk = match req.query_param("partitionKey") {
         Some(pk) => PkValue::Str(pk.to_string()),
         None => return Err(AppError::bad_request("partitionKey", "is required")),
     };
-    let result = match state.store.delete(&pk, id).await {
+    Ok((id, pk))
+}
+
+async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
+    let (id, pk) = delete_target(req)?;
+    check_id(&id).map_err(|m| AppError::bad_request("id", m))?;
+    let result = match state.store.delete(&pk, &id).await {
         // Nothing was deleted, so nothing to invalidate.
         Err(e @ AppError::NotFound(_)) => return Err(e),
         other => other,
@@ -194,6 +271,27 @@ fn invalidation_header(i: Invalidation) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_that_would_alter_a_request_path_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a?b",
+            "a#b",
+            "tab\tx",
+            "nl\n",
+            &"x".repeat(256),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        for ok in ["austin-texas", "São Paulo", "a.b", "...", &"x".repeat(255)] {
+            assert!(check_id(ok).is_ok(), "{ok:?}");
+        }
+    }
 
     fn field_of(e: AppError) -> String {
         match e {
@@ -223,6 +321,11 @@ mod tests {
         assert_eq!(bad("[]"), "body");
         assert_eq!(bad("[1]"), "[0]");
         assert_eq!(bad("\"x\""), "body");
+        assert_eq!(
+            bad(r#"[{"id":"a","state":"T"},{"id":"a","state":"T"}]"#),
+            "[1].id"
+        );
+        assert_eq!(bad(r#"{"id":"..","state":"T"}"#), "id");
     }
 
     #[test]

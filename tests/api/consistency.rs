@@ -277,3 +277,62 @@ async fn undecodable_entry_is_a_miss_and_is_overwritten(mode: Mode) {
     assert_eq!(stack.get("query?state=Utah").await.cache(), "hit");
     stack.shutdown().await;
 }
+
+/// Redis answers but refuses the generation bump (out of memory under `noeviction`, or a
+/// generation that is not a number): the write must still be seen by every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_bump_still_invalidates_every_instance() {
+    let stack = Stack::start(Mode::Forwarding).await;
+    // A second instance sharing the Redis, in this process.
+    let other = cosmos_cache_handler::router(stack.app_state(), "api");
+    let texas = || {
+        Request::get("/api/query?state=Texas&maxItemCount=1000")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let mut conn = stack.redis.connection();
+    for (round, population) in [(0, 1001), (1, 1002)] {
+        assert_eq!(call(&other, texas()).await.0, 200);
+        let (_, cache, _) = call(&other, texas()).await;
+        assert_eq!(cache, "hit", "round {round}: cached on the other instance");
+        if round == 0 {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg("noeviction")
+                .query(&mut conn)
+                .expect("policy");
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg("1")
+                .query(&mut conn)
+                .expect("maxmemory");
+        } else {
+            let (gen_key, _) = stack.generation();
+            let _: () = redis::cmd("SET")
+                .arg(&gen_key)
+                .arg("not-a-number")
+                .query(&mut conn)
+                .expect("SET");
+        }
+        let doc =
+            json!({"id":"austin-texas","city":"Austin","state":"Texas","population":population});
+        let update = stack.post("update", &doc.to_string()).await;
+        assert_eq!(update.status, 200, "{}", update.text);
+        let (status, cache, body) = call(&other, texas()).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            population_of(&body, "Austin"),
+            json!(population),
+            "round {round}: the other instance served x-cache: {cache}"
+        );
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("0")
+            .query(&mut conn)
+            .expect("maxmemory");
+    }
+    stack.shutdown().await;
+}
