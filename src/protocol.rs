@@ -71,20 +71,23 @@ async fn diagnostics(State(state): State<AppState>) -> Response {
     json_response(StatusCode::OK, Bytes::from(body.to_string()))
 }
 
-fn too_large(limit_bytes: usize) -> Response {
-    AppError::PayloadTooLarge { limit_bytes }
-        .into_response()
-        .into_http()
-}
-
-/// The body could not be read: over the limit (413), or the connection failed (400).
-fn body_rejected(e: &BytesRejection) -> Response {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(ENVELOPE_LIMIT);
+/// The function named in the path and the request body (at most `limit` bytes), or the error:
+/// 404 for an unknown function, 413 for a body over the limit, 400 for an unreadable body.
+fn function_and_body(
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<(Function, Bytes), AppError> {
+    let function =
+        Function::from_name(name).ok_or_else(|| AppError::NotFound("no such function".into()))?;
+    match body {
+        Ok(b) if b.len() <= limit => Ok((function, b)),
+        Ok(_) => Err(AppError::PayloadTooLarge { limit_bytes: limit }),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(AppError::PayloadTooLarge {
+            limit_bytes: ENVELOPE_LIMIT,
+        }),
+        Err(_) => Err(AppError::bad_request("body", "could not be read")),
     }
-    AppError::bad_request("body", "could not be read")
-        .into_response()
-        .into_http()
 }
 
 async fn not_found() -> Response {
@@ -102,13 +105,9 @@ async fn forwarded(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(function) = Function::from_name(&function) else {
-        return not_found().await;
-    };
-    let body = match body {
-        Ok(b) if b.len() <= BODY_LIMIT => b,
-        Ok(_) => return too_large(BODY_LIMIT),
-        Err(e) => return body_rejected(&e),
+    let (function, body) = match function_and_body(&function, body, BODY_LIMIT) {
+        Ok(found) => found,
+        Err(e) => return e.into_response().into_http(),
     };
     let query = raw_query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -131,12 +130,9 @@ async fn invocation(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(function) = Function::from_name(&function) else {
-        return not_found().await;
-    };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return body_rejected(&e),
+    let (function, body) = match function_and_body(&function, body, ENVELOPE_LIMIT) {
+        Ok(found) => found,
+        Err(e) => return e.into_response().into_http(),
     };
     let request = match parse_invocation(function, &body, invocation_id(&headers)) {
         Ok(r) => r,

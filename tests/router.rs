@@ -95,3 +95,17 @@ async fn client_errors_need_no_backend() {
     assert_eq!(body["cache"]["invalidationPending"], false);
     assert_eq!(body["cache"]["circuit"], "closed");
 }
+
+#[tokio::test]
+async fn oversized_bodies_get_a_json_413() {
+    let big = vec![b' '; cosmos_cache_handler::protocol::BODY_LIMIT + 1];
+    let (status, body) = call(
+        Request::post("/api/update")
+            .body(Body::from(big))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    assert_eq!(body["error"]["field"], "body");
+}

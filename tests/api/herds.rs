@@ -16,16 +16,22 @@ both_modes!(
     throttling_is_retried_then_503_and_never_cached
 );
 
-async fn single_flight_one_cosmos_query_for_200_misses(mode: Mode) {
-    let stack = Stack::start(mode).await;
+/// Holds the next Cosmos query of this test's database for 500 ms, so that concurrent
+/// requests overlap it; returns the query count before.
+async fn hold_next_query(stack: &Stack) -> u64 {
     let before = stack.cosmos_stats().await["queries"]
         .as_u64()
         .expect("count");
-    // Hold the first Cosmos query long enough for all 200 requests to arrive.
     stack
         .cosmos
         .fault(json!({"kind":"query","count":1,"delayMs":500,"db":stack.database}))
         .await;
+    before
+}
+
+async fn single_flight_one_cosmos_query_for_200_misses(mode: Mode) {
+    let stack = Stack::start(mode).await;
+    let before = hold_next_query(&stack).await;
     let replies = join_all((0..200).map(|_| stack.get("query?state=California"))).await;
     let queries = stack.cosmos_stats().await["queries"]
         .as_u64()
@@ -82,13 +88,7 @@ async fn fill_lease_across_four_instances() {
             .expect("warm");
         assert_eq!(warm.status(), 200);
     }
-    let before = stack.cosmos_stats().await["queries"]
-        .as_u64()
-        .expect("count");
-    stack
-        .cosmos
-        .fault(json!({"kind":"query","count":1,"delayMs":500,"db":stack.database}))
-        .await;
+    let before = hold_next_query(&stack).await;
     let requests = ports.iter().flat_map(|port| {
         let client = client.clone();
         (0..50).map(move |_| {
