@@ -177,6 +177,39 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// Busy CPU time of the whole machine since boot, in seconds (/proc/stat: all but idle+iowait).
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPU seconds used by this process and its waited-for children.
+fn own_cpu_secs() -> f64 {
+    let get = |who| {
+        // SAFETY: getrusage writes into the zeroed struct we pass.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    };
+    get(libc::RUSAGE_SELF) + get(libc::RUSAGE_CHILDREN)
+}
+
 fn sh(cmd: &str) -> String {
     Command::new("sh")
         .args(["-c", cmd])
@@ -269,6 +302,10 @@ impl Stack {
                 .build()
                 .map_err(|e| e.to_string())?,
         })
+    }
+
+    fn redis_pid(&self) -> u32 {
+        self._redis.pid()
     }
 
     fn redis_url(&self) -> String {
@@ -845,6 +882,8 @@ fn machine() -> String {
 async fn run(opts: Opts) -> Res<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let total = Instant::now();
+    let busy0 = machine_busy_secs();
+    let own0 = own_cpu_secs();
     let mut rep = Report::default();
     let machine = machine();
     println!("== machine\n{machine}");
@@ -1029,51 +1068,96 @@ async fn run(opts: Opts) -> Res<()> {
     let n_miss = if opts.quick { 100 } else { 500 };
     println!("== 3. misses: {n_miss} distinct queries, handler vs bare SDK, interleaved");
     let store = stack.store(DB, CONTAINER)?;
-    let (hand, sdk, not_miss) = miss_path(
+    let no_lease = stack
+        .start_handler(&HandlerCfg {
+            extra: vec![("CACHE_FILL_LEASE_MS".into(), "0".into())],
+            ..cfg.clone()
+        })
+        .await?;
+    let no_redis = stack
+        .start_handler(&HandlerCfg {
+            redis_url: format!("redis://127.0.0.1:{}", free_port()),
+            ..cfg.clone()
+        })
+        .await?;
+    let pairs: Vec<(String, String)> = cities
+        .iter()
+        .map(|c| (c.city.clone(), c.state.clone()))
+        .collect();
+    let d = miss_decomposition(
         &http,
-        &h.base,
         &store,
-        "state",
-        "/state",
-        &cities
-            .iter()
-            .map(|c| (c.city.clone(), c.state.clone()))
-            .collect::<Vec<_>>(),
+        [&h.base, &no_lease.base, &no_redis.base],
+        &pairs,
         n_miss,
     )
     .await?;
-    let added = pct(&hand, 50.0) - pct(&sdk, 50.0);
-    rep.row(
-        "3",
-        &format!("misses, bare `azure_data_cosmos` query (`CosmosStore::query`), N={n_miss}"),
-        "reference".into(),
-        msf(pct(&sdk, 50.0)),
-        msf(pct(&sdk, 99.0)),
-        "1 (reference)".into(),
-        "-".into(),
-    );
+    drop((no_lease, no_redis));
+    let sdk50 = pct(&d.sdk, 50.0);
+    let sdk99 = pct(&d.sdk, 99.0);
+    let added = pct(&d.miss, 50.0) - sdk50;
     rep.row(
         "3",
         &format!(
+            "misses, bare `azure_data_cosmos` query (`CosmosStore::query`, in process), N={n_miss}"
+        ),
+        "reference".into(),
+        msf(sdk50),
+        msf(sdk99),
+        "1 (reference)".into(),
+        "-".into(),
+    );
+    let mut miss_row = |id: &str, what: String, v: &[f64], target: String| {
+        rep.row(
+            id,
+            &what,
+            format!(
+                "{} p50, {} p99 over the SDK",
+                smsf(pct(v, 50.0) - sdk50),
+                smsf(pct(v, 99.0) - sdk99)
+            ),
+            msf(pct(v, 50.0)),
+            msf(pct(v, 99.0)),
+            f(pct(v, 50.0) / sdk50, 2),
+            target,
+        );
+    };
+    miss_row(
+        "3",
+        format!(
             "misses through the handler, `GET /api/query?city=..&state=..`, N={n_miss}{}",
-            if not_miss > 0 {
-                format!(" ({not_miss} were not misses)")
+            if d.not_miss > 0 {
+                format!(" ({} were not misses)", d.not_miss)
             } else {
                 String::new()
             }
         ),
-        format!(
-            "{} p50, {} p99 over the SDK",
-            smsf(added),
-            smsf(pct(&hand, 99.0) - pct(&sdk, 99.0))
-        ),
-        msf(pct(&hand, 50.0)),
-        msf(pct(&hand, 99.0)),
-        f(pct(&hand, 50.0) / pct(&sdk, 50.0), 2),
+        &d.miss,
         verdict(
             added <= 0.3,
             format!("≤ +0.3 ms p50; {:+.2} ms", added - 0.3),
         ),
+    );
+    miss_row(
+        "3a",
+        "breakdown: the same misses with `CACHE_FILL_LEASE_MS=0` (no fill lease: 2 Redis round trips fewer)".into(),
+        &d.no_lease,
+        "-".into(),
+    );
+    miss_row(
+        "3b",
+        "breakdown: the same queries with Redis unreachable (`x-cache: bypass`: HTTP + handler + SDK, no Redis)".into(),
+        &d.bypass,
+        "-".into(),
+    );
+    rep.row(
+        "3c",
+        "breakdown: one HTTP round trip to the handler alone (`GET /`, same client)",
+        "-".into(),
+        msf(pct(&d.ping, 50.0)),
+        msf(pct(&d.ping, 99.0)),
+        "n/a".into(),
+        "-".into(),
     );
 
     // ---- 6. Single-flight -------------------------------------------------------------------
@@ -1152,13 +1236,17 @@ async fn run(opts: Opts) -> Res<()> {
     let mut profile = String::new();
     if opts.profile {
         println!("== profile: perf record during a 50-connection forwarded hit run");
-        profile = perf_profile(&stack, &h, secs.min(6))?;
+        profile = perf_profile(&stack, &h, secs.min(6), &lua)?;
         // Experiments the profile suggests, each on a fresh handler with one setting changed.
-        let variants: [(&str, &[(&str, &str)]); 3] = [
+        let variants: [(&str, &[(&str, &str)]); 4] = [
             ("baseline (a fresh handler, same settings as row 2)", &[]),
             (
                 "`RUST_LOG=warn`: no per-invocation log line",
                 &[("RUST_LOG", "warn")],
+            ),
+            (
+                "`TOKIO_WORKER_THREADS=1` (one runtime worker instead of one per core)",
+                &[("TOKIO_WORKER_THREADS", "1")],
             ),
             (
                 "glibc malloc without trimming (`GLIBC_TUNABLES=glibc.malloc.trim_threshold=…:mmap_threshold=…`)",
@@ -1338,6 +1426,21 @@ async fn run(opts: Opts) -> Res<()> {
         "load average at the end: {}",
         sh("cut -d' ' -f1-3 /proc/loadavg")
     ));
+    {
+        let wall = total.elapsed().as_secs_f64();
+        let busy = machine_busy_secs() - busy0;
+        let ours =
+            own_cpu_secs() - own0 + cpu_secs(stack.cosmos.pid()) + cpu_secs(stack.redis_pid());
+        let others = (busy - ours).max(0.0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        rep.note(format!(
+            "CPU during the run: {busy:.0} CPU-s busy of {:.0} available; this benchmark's \
+             processes {ours:.0} CPU-s; **other processes {others:.0} CPU-s ({:.0} % of the \
+             machine)**",
+            wall * cores,
+            others / (wall * cores) * 100.0
+        ));
+    }
     let elapsed = total.elapsed().as_secs_f64();
     rep.note(format!("whole run (after the build): {elapsed:.0} s"));
     let mut out = String::new();
@@ -1393,6 +1496,92 @@ fn invocation_payload(root: &Path, query: &str) -> Res<String> {
     };
     let ctx = host_emulator::InvocationContext::new(None);
     Ok(host_emulator::build_invocation_payload(function, &req, &[], &ctx).to_compact_string())
+}
+
+/// Latencies (ms) of the miss breakdown, each series over the same N distinct queries.
+struct MissBreakdown {
+    sdk: Vec<f64>,
+    miss: Vec<f64>,
+    no_lease: Vec<f64>,
+    bypass: Vec<f64>,
+    ping: Vec<f64>,
+    not_miss: usize,
+}
+
+/// For each of N distinct `city`+`state` queries, in a rotating order: the bare SDK call, a
+/// miss on the default handler, a miss on a handler without fill lease (`maxItemCount=99`, so
+/// its key differs while Cosmos does the same work), a bypass on a handler whose Redis is
+/// unreachable, and a `GET /` round trip.
+async fn miss_decomposition(
+    http: &reqwest::Client,
+    store: &CosmosStore,
+    bases: [&str; 3],
+    pairs: &[(String, String)],
+    n: usize,
+) -> Res<MissBreakdown> {
+    let spec = |city: &str, pk: &str| -> Res<QuerySpec> {
+        let q = vec![
+            ("city".to_string(), city.to_string()),
+            ("state".to_string(), pk.to_string()),
+        ];
+        let mut s = spec_from_query_string(&q).map_err(|e| format!("{e:?}"))?;
+        pin_partition(&mut s, "/state");
+        Ok(s)
+    };
+    let n = n.min(pairs.len().saturating_sub(10));
+    let mut out = MissBreakdown {
+        sdk: vec![],
+        miss: vec![],
+        no_lease: vec![],
+        bypass: vec![],
+        ping: vec![],
+        not_miss: 0,
+    };
+    // Warm-up on queries that are not measured.
+    for (c, p) in &pairs[pairs.len() - 5..] {
+        store
+            .query(&spec(c, p)?)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        for base in bases {
+            let _ = timed_get(http, &query_url(base, &[("city", c), ("state", p)])).await;
+        }
+    }
+    for (i, (c, p)) in pairs[..n].iter().enumerate() {
+        let s = spec(c, p)?;
+        for k in 0..5 {
+            match (i + k) % 5 {
+                0 => {
+                    let t = Instant::now();
+                    let page = store.query(&s).await.map_err(|e| format!("{e:?}"))?;
+                    out.sdk.push(ms(t.elapsed()));
+                    std::hint::black_box(page);
+                }
+                1 => {
+                    let r =
+                        timed_get(http, &query_url(bases[0], &[("city", c), ("state", p)])).await;
+                    out.not_miss += usize::from(r.1 != "miss");
+                    out.miss.push(r.3);
+                }
+                2 => {
+                    let url = query_url(
+                        bases[1],
+                        &[("city", c), ("state", p), ("maxItemCount", "99")],
+                    );
+                    out.no_lease.push(timed_get(http, &url).await.3);
+                }
+                3 => out.bypass.push(
+                    timed_get(http, &query_url(bases[2], &[("city", c), ("state", p)]))
+                        .await
+                        .3,
+                ),
+                _ => out
+                    .ping
+                    .push(timed_get(http, &format!("{}/", bases[0])).await.3),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Interleaves N handler misses and N bare SDK calls over distinct `city`+`<pk>` queries.
@@ -1451,7 +1640,7 @@ async fn miss_path(
     Ok((hand, sdk, not_miss))
 }
 
-fn perf_profile(stack: &Stack, h: &Handler, secs: u32) -> Res<String> {
+fn perf_profile(stack: &Stack, h: &Handler, secs: u32, lua: &Path) -> Res<String> {
     let works = Command::new("perf")
         .args(["stat", "-e", "instructions", "true"])
         .stdout(Stdio::null())
@@ -1461,58 +1650,59 @@ fn perf_profile(stack: &Stack, h: &Handler, secs: u32) -> Res<String> {
     if !works {
         return Ok("`perf stat -e instructions true` failed here: no profile.".into());
     }
-    let data = stack.run_dir.join("perf.data");
-    let mut rec = Command::new("perf")
-        .args(["record", "-F", "999", "-o"])
-        .arg(&data)
-        .args(["-p", &h.pid().to_string(), "--", "sleep", &secs.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("perf: {e}"))?;
-    let o = wrk(
-        50,
-        secs + 1,
-        &format!("{}/api/query?{HIT_QUERY}", h.base),
-        None,
-    )?;
-    let _ = rec.wait();
-    let report = |sort: &str, limit: &str| {
-        Command::new("perf")
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "-q",
-                "--percent-limit",
-                limit,
-                "--sort",
-                sort,
-                "-i",
-            ])
+    let mut text = String::new();
+    for (mode, path, script) in [
+        ("forwarded", format!("/api/query?{HIT_QUERY}"), None),
+        ("payload", "/query".to_string(), Some(lua)),
+    ] {
+        let data = stack.run_dir.join(format!("perf-{mode}.data"));
+        let mut rec = Command::new("perf")
+            .args(["record", "-F", "999", "-o"])
             .arg(&data)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let dso = report("dso", "0.5");
-    let sym = report("dso,symbol", "0.7");
-    let trim = |t: String, n: usize| {
-        t.lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .take(n)
-            .map(|l| l.chars().take(150).collect::<String>())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    Ok(format!(
-        "`perf record -F 999 -p <handler>` for {secs} s of `wrk -t2 -c50` forwarded hits \
-         ({:.0} req/s while profiled). Flat profile (no call graphs: the release build has no \
-         debug info or frame pointers). Samples by binary:\n\n```\n{}\n```\n\nTop symbols:\n\n```\n{}\n```\n",
-        o.rps,
-        trim(dso, 12),
-        trim(sym, 40)
-    ))
+            .args(["-p", &h.pid().to_string(), "--", "sleep", &secs.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("perf: {e}"))?;
+        let o = wrk(50, secs + 1, &format!("{}{path}", h.base), script)?;
+        let _ = rec.wait();
+        let report = |sort: &str, limit: &str| {
+            Command::new("perf")
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "-q",
+                    "--percent-limit",
+                    limit,
+                    "--sort",
+                    sort,
+                    "-i",
+                ])
+                .arg(&data)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let trim = |t: String, n: usize| {
+            t.lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .take(n)
+                .map(|l| l.trim_end().chars().take(150).collect::<String>())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let _ = write!(
+            text,
+            "### {mode} mode\n\n`perf record -F 999 -p <handler>` for {secs} s of `wrk -t2 -c50` {mode} hits \
+             ({:.0} req/s while profiled). Flat profile (no call graphs: the release build has no \
+             debug info or frame pointers). Samples by binary:\n\n```\n{}\n```\n\nTop symbols:\n\n```\n{}\n```\n\n",
+            o.rps,
+            trim(report("dso", "0.5"), 12),
+            trim(report("dso,symbol", "0.7"), 40)
+        );
+    }
+    Ok(text)
 }
 
 /// The `POST /api/query` body equivalent to `GET /api/query?state=Texas` (same cache key): it
@@ -1865,7 +2055,7 @@ async fn scale(
     let store = stack.store(&set.db, &set.container)?;
     let n_miss = match (opts.quick, set.docs) {
         (true, _) => 30,
-        (false, d) if d > 100_000 => 100,
+        (false, d) if d > 100_000 => 60,
         _ => 200,
     };
     let pk_path = format!("/{}", set.pk_field);
@@ -1887,10 +2077,19 @@ async fn scale(
     let budget = Duration::from_secs(if opts.quick { 3 } else { 12 });
     let sweep: Vec<(String, String)> = queries[n_miss..queries.len() - 5].to_vec();
     let mem0 = stack.redis_used_memory();
-    let fill = sweep_pass(&stack.http, &h.base, set.pk_field, &sweep, budget).await;
+    // 16 at a time; 4 on the largest container, whose misses take the local server ~0.3 s each.
+    let conc = if set.docs > 100_000 { 4 } else { 16 };
+    let fill = sweep_pass(&stack.http, &h.base, set.pk_field, &sweep, budget, conc).await;
     let mem1 = stack.redis_used_memory();
     let filled = fill.done;
-    let hits = sweep_pass(&stack.http, &h.base, set.pk_field, &sweep[..filled], budget).await;
+    // Replay the filled queries (cycling, at least 4,000 requests) as hits.
+    let replay: Vec<(String, String)> = sweep[..filled]
+        .iter()
+        .cycle()
+        .take(filled.max(4000))
+        .cloned()
+        .collect();
+    let hits = sweep_pass(&stack.http, &h.base, set.pk_field, &replay, budget, 16).await;
     let per_entry = (mem1.saturating_sub(mem0)) as f64 / fill.misses.max(1) as f64;
     let full_fill_s = set.queries.len() as f64 / fill.rate;
     rep.row(
@@ -1934,6 +2133,7 @@ async fn sweep_pass(
     pk_field: &str,
     queries: &[(String, String)],
     budget: Duration,
+    concurrency: usize,
 ) -> Sweep {
     let started = Instant::now();
     let deadline = started + budget;
@@ -1948,7 +2148,7 @@ async fn sweep_pass(
                 (r.0 == 200).then_some(r.1)
             }
         })
-        .buffered(16)
+        .buffered(concurrency)
         .collect()
         .await;
     let secs = started.elapsed().as_secs_f64();
