@@ -27,6 +27,8 @@
 //! from this cache (the generation moved; see [`cache`]). When Redis is slow or down, requests
 //! are answered from Cosmos with `x-cache: bypass`; Redis never takes the API down.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod cache;
 pub mod config;
