@@ -44,11 +44,13 @@ async fn single_flight_one_cosmos_query_for_200_misses(mode: Mode) {
             .iter()
             .all(|r| r.status == 200 && r.text == replies[0].text)
     );
-    let diagnostics = stack.diagnostics().await;
-    assert_eq!(
-        diagnostics["cache"]["singleFlightWaits"], 199,
-        "{diagnostics}"
-    );
+    // Every other request either waited on the one flight or, arriving after it landed on a
+    // busy machine, hit the page it stored.
+    let cache = stack.diagnostics().await["cache"].clone();
+    let waits = cache["singleFlightWaits"].as_u64().expect("waits");
+    let hits = cache["hits"].as_u64().expect("hits");
+    assert_eq!(waits + hits, 199, "{cache}");
+    assert!(waits > 0, "{cache}");
     stack.shutdown().await;
 }
 
