@@ -1952,8 +1952,9 @@ async fn write_mix(
     rep.note(
         "rows 9: RU = the sum of the `x-ms-request-charge` headers the handler returned (misses, \
          bypasses, writes) / seconds. The local Cosmos server charges a flat 1 RU per request, so \
-         RU/s there = Cosmos requests/s; real Cosmos DB charges about 2.3–3 RU for such a \
-         1-document query and about 6–10 RU for a 1 KB upsert."
+         RU/s there = Cosmos requests/s. Real Cosmos DB charges each \
+         query and each write by item size and indexing: the reads (what the cache saves) and \
+         the writes (which it does not) are then weighted by their own charges."
             .into(),
     );
     Ok(())
