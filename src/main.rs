@@ -63,6 +63,14 @@ async fn serve() -> ExitCode {
     let prefix = cosmos_cache_handler::route_prefix(&app_root);
     let app = cosmos_cache_handler::router(state.clone(), &prefix);
     tokio::spawn(log_counters(state.cache.clone()));
+    // Open the Cosmos client and read the container's partition-key path in the background, so
+    // the first GET does not pay for it; readiness does not wait (errors are retried per request).
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.partition_key_path().await {
+            tracing::warn!(error = %e, "Cosmos DB not ready at start-up; will retry per request");
+        }
+    });
     // The host always calls 127.0.0.1 (spec §2.3).
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await {
         Ok(l) => l,

@@ -157,7 +157,7 @@ async fn invocation(
     };
     json_response(
         StatusCode::OK,
-        Bytes::from(invocation_result(&response, log_line).to_string()),
+        Bytes::from(invocation_result(&response, &log_line)),
     )
 }
 
@@ -226,25 +226,47 @@ impl ApiResponse {
     }
 }
 
-/// The `{Outputs, Logs, ReturnValue}` envelope of §5 for `response`. `statusCode` is a string
-/// and `body` is the already-serialized JSON text, so the host writes it verbatim (§5.4).
-pub fn invocation_result(response: &ApiResponse, log_line: String) -> Value {
-    let mut headers = Map::new();
-    headers.insert("Content-Type".into(), json!("application/json"));
-    for (name, value) in response.extra_headers() {
-        headers.insert(name.into(), Value::String(value));
+/// The `{Outputs, Logs, ReturnValue}` envelope of §5 for `response`, serialized. `statusCode`
+/// is a string and `body` is the already-serialized JSON text, so the host writes it verbatim
+/// (§5.4). Serialized from borrowed parts: the page is escaped once, not copied first.
+pub fn invocation_result(response: &ApiResponse, log_line: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "Outputs")]
+        outputs: Outputs<'a>,
+        #[serde(rename = "Logs")]
+        logs: [&'a str; 1],
+        #[serde(rename = "ReturnValue")]
+        return_value: Option<()>,
     }
-    json!({
-        "Outputs": {
-            HTTP_OUTPUT: {
-                "statusCode": response.status.as_u16().to_string(),
-                "headers": headers,
-                "body": String::from_utf8_lossy(&response.body),
-            }
+    #[derive(serde::Serialize)]
+    struct Outputs<'a> {
+        // The `res` output binding of both function.json files (HTTP_OUTPUT).
+        res: HttpOutput<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct HttpOutput<'a> {
+        #[serde(rename = "statusCode")]
+        status_code: &'a str,
+        headers: std::collections::BTreeMap<&'static str, String>,
+        body: std::borrow::Cow<'a, str>,
+    }
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert("Content-Type", "application/json".to_string());
+    headers.extend(response.extra_headers());
+    let envelope = Envelope {
+        outputs: Outputs {
+            res: HttpOutput {
+                status_code: response.status.as_str(),
+                headers,
+                body: String::from_utf8_lossy(&response.body),
+            },
         },
-        "Logs": [log_line],
-        "ReturnValue": null,
-    })
+        logs: [log_line],
+        return_value: None,
+    };
+    // Serializing strings and a map of strings cannot fail.
+    serde_json::to_vec(&envelope).unwrap_or_default()
 }
 
 /// Reads the client request out of an invocation payload, leniently as §4 says: `Query` may

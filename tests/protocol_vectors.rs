@@ -54,7 +54,8 @@ fn answers_in_the_shape_the_host_reads() {
     let mut response = ApiResponse::json(StatusCode::CREATED, Bytes::from_static(b"{\"a\":1}"));
     response.cache = Some(CacheOutcome::Miss);
     response.request_charge = Some(2.5);
-    let ours = invocation_result(&response, "query GET -> 201".into());
+    let ours: Value = serde_json::from_slice(&invocation_result(&response, "query GET -> 201"))
+        .expect("the envelope is JSON");
 
     let keys = |v: &Value| {
         let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();

@@ -47,18 +47,33 @@ use crate::error::AppError;
 use crate::store::QuerySpec;
 use guard::{CircuitState, Failure, GuardedRedis};
 
-/// Reads the generation (creating it with `SET NX` if missing) and the entry under it, in one
-/// round trip. KEYS[1] = generation key; ARGV[1] = initial generation if missing, ARGV[2] = entry
-/// key prefix, ARGV[3] = query hash. Returns `{gen}` or `{gen, value}`.
+/// Reads the generation (creating it with `SET NX` if missing) and the entry under it and, on a
+/// miss, tries to take the page's fill lease — all in one round trip. KEYS[1] = generation key;
+/// ARGV[1] = initial generation if missing, ARGV[2] = entry key prefix, ARGV[3] = query hash,
+/// ARGV[4] = lease in ms (0 = no lease), ARGV[5] = lease token. Returns `{gen, value}` on a hit,
+/// `{gen, '', lease}` on a miss with lease 1 = taken, 0 = held by another, 2 = no lease.
+/// (Every key touched carries the container's hash tag: one cluster slot.)
 const LOOKUP_SCRIPT: &str = r"
 local g = redis.call('GET', KEYS[1])
 if not g then
   redis.call('SET', KEYS[1], ARGV[1], 'NX')
   g = redis.call('GET', KEYS[1])
 end
-local v = redis.call('GET', ARGV[2] .. g .. ':' .. ARGV[3])
+local key = ARGV[2] .. g .. ':' .. ARGV[3]
+local v = redis.call('GET', key)
 if v then return {g, v} end
-return {g}
+if tonumber(ARGV[4]) == 0 then return {g, '', 2} end
+if redis.call('SET', key .. ':lease', ARGV[5], 'NX', 'PX', ARGV[4]) then return {g, '', 1} end
+return {g, '', 0}
+";
+
+/// Stores a page and releases our lease in one round trip. KEYS[1] = entry key, KEYS[2] = lease
+/// key; ARGV[1] = value ('' = store nothing), ARGV[2] = TTL in ms, ARGV[3] = our lease token
+/// ('' = none held).
+const STORE_SCRIPT: &str = r"
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
 ";
 
 /// Bumps the generation KEYS[1], first creating it from ARGV[1] when missing; atomic. (A script,
@@ -75,12 +90,6 @@ if type(g) == 'table' and g.err then
   return -1
 end
 return g
-";
-
-/// Deletes KEYS[1] only if it still holds ARGV[1] (our lease, not a later holder's).
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 ";
 
 /// A lease waiter's look: the page KEYS[1] (or nil) and whether the lease KEYS[2] still exists.
@@ -140,6 +149,16 @@ pub enum Invalidation {
     Pending,
 }
 
+/// This request's part in the fleet-wide fill lease of a missed page.
+enum Lease {
+    /// The lookup took it (the token proves it when releasing).
+    Taken(String),
+    /// Another instance holds it: wait for its fill.
+    HeldElsewhere,
+    /// Leases are off (`CACHE_FILL_LEASE_MS=0`), or not known.
+    Off,
+}
+
 /// Result of one flight: the page, and whether it came from Redis (another instance's fill).
 type Flight = Shared<BoxFuture<'static, Result<(Filled, bool), AppError>>>;
 
@@ -156,7 +175,7 @@ struct Inner {
     lookup: redis::Script,
     bump: redis::Script,
     peek: redis::Script,
-    release: redis::Script,
+    store: redis::Script,
     stats: CacheStats,
     /// True while an invalidation has not reached Redis.
     invalidation_pending: AtomicBool,
@@ -198,7 +217,7 @@ impl Cache {
                 lookup: redis::Script::new(LOOKUP_SCRIPT),
                 bump: redis::Script::new(BUMP_SCRIPT),
                 peek: redis::Script::new(PEEK_SCRIPT),
-                release: redis::Script::new(RELEASE_SCRIPT),
+                store: redis::Script::new(STORE_SCRIPT),
                 stats: CacheStats::default(),
                 invalidation_pending: AtomicBool::new(false),
                 failed_invalidations: AtomicU64::new(0),
@@ -272,6 +291,8 @@ impl Cache {
             return Self::bypass(inner, fill).await;
         }
         let hash = keys::query_hash(spec);
+        let lease_ms = inner.settings.fill_lease.as_millis() as u64;
+        let token = keys::random_generation().to_string();
         let looked_up = inner
             .redis
             .run(|mut conn| {
@@ -279,7 +300,9 @@ impl Cache {
                 invocation
                     .arg(keys::random_generation())
                     .arg(&inner.entry_prefix)
-                    .arg(&hash);
+                    .arg(&hash)
+                    .arg(lease_ms)
+                    .arg(&token);
                 async move {
                     invocation
                         .invoke_async::<Vec<redis::Value>>(&mut conn)
@@ -304,7 +327,15 @@ impl Cache {
                 return Self::bypass(inner, fill).await;
             }
         };
-        if let Some(redis::Value::BulkString(stored)) = values.next() {
+        let stored = values.next();
+        let lease = match values.next() {
+            Some(redis::Value::Int(1)) => Lease::Taken(token),
+            Some(redis::Value::Int(0)) => Lease::HeldElsewhere,
+            _ => Lease::Off,
+        };
+        if let Some(redis::Value::BulkString(stored)) = stored
+            && !stored.is_empty()
+        {
             if keys::decode(&stored).is_some() {
                 inner.stats.hits.fetch_add(1, Ordering::Relaxed);
                 // Serve the stored bytes as they are: no copy, no re-serialization.
@@ -317,6 +348,7 @@ impl Cache {
             tracing::warn!("cached value has an unknown format; treating it as a miss");
         }
         let key = format!("{}{}:{}", inner.entry_prefix, generation, hash);
+        let mut lease = lease;
         let (flight, leader) = {
             let mut flights = inner.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&key) {
@@ -324,14 +356,23 @@ impl Cache {
                 None => {
                     let this = self.clone();
                     let fill_key = key.clone();
-                    let f: Flight = async move { this.fill_with_lease(&fill_key, fill).await }
-                        .boxed()
-                        .shared();
+                    let lease = std::mem::replace(&mut lease, Lease::Off);
+                    let f: Flight =
+                        async move { this.fill_with_lease(&fill_key, lease, fill).await }
+                            .boxed()
+                            .shared();
                     flights.insert(key.clone(), f.clone());
                     (f, true)
                 }
             }
         };
+        if let Lease::Taken(token) = lease {
+            // A local follower took a lease its leader did not get (the other holder let go
+            // in between): give it back, the leader fills.
+            let this = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move { this.store_and_release(&key, None, Some(&token)).await });
+        }
         if leader {
             // Drive the flight to completion and forget it even if this request is cancelled,
             // so later identical misses neither wait on an abandoned flight nor leak it.
@@ -369,38 +410,24 @@ impl Cache {
         })
     }
 
-    /// The leader's side of a miss: take the fleet-wide fill lease, or wait for whoever holds
-    /// it; fill from Cosmos and store. Returns the page and whether it came from Redis.
-    async fn fill_with_lease<F, Fut>(&self, key: &str, fill: F) -> Result<(Filled, bool), AppError>
+    /// The leader's side of a miss: with the fleet-wide fill lease (taken by the lookup), read
+    /// Cosmos and store; without it, wait for whoever holds it. Returns the page and whether it
+    /// came from Redis.
+    async fn fill_with_lease<F, Fut>(
+        &self,
+        key: &str,
+        lease: Lease,
+        fill: F,
+    ) -> Result<(Filled, bool), AppError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Filled, AppError>>,
     {
         let inner = &self.inner;
-        let lease_ms = inner.settings.fill_lease.as_millis() as u64;
-        if lease_ms == 0 {
-            let filled = fill().await?;
-            self.store(key, &filled.body).await;
-            return Ok((filled, false));
-        }
-        let lease_key = format!("{key}:lease");
-        let token = keys::random_generation().to_string();
-        let acquired = inner
-            .redis
-            .run(|mut conn| {
-                let cmd = redis::cmd("SET")
-                    .arg(&lease_key)
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(lease_ms)
-                    .to_owned();
-                async move { cmd.query_async::<Option<String>>(&mut conn).await }
-            })
-            .await;
-        if let Ok(None) = acquired {
+        if let Lease::HeldElsewhere = lease {
             // Another instance is filling this page: wait for its result, up to the lease.
             inner.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
+            let lease_key = format!("{key}:lease");
             if let Some(body) = self
                 .wait_for_fill(key, &lease_key, inner.settings.fill_lease)
                 .await
@@ -414,21 +441,22 @@ impl Cache {
                 ));
             }
         }
-        let filled = fill().await;
-        if let Ok(filled) = &filled {
-            self.store(key, &filled.body).await;
+        let token = match &lease {
+            Lease::Taken(token) => Some(token.as_str()),
+            _ => None,
+        };
+        match fill().await {
+            Ok(filled) => {
+                self.store_and_release(key, Some(&filled.body), token).await;
+                Ok((filled, false))
+            }
+            Err(e) => {
+                if token.is_some() {
+                    self.store_and_release(key, None, token).await;
+                }
+                Err(e)
+            }
         }
-        if let Ok(Some(_)) = acquired {
-            let _ = inner
-                .redis
-                .run(|mut conn| {
-                    let mut invocation = inner.release.key(&lease_key);
-                    invocation.arg(&token);
-                    async move { invocation.invoke_async::<i64>(&mut conn).await }
-                })
-                .await;
-        }
-        Ok((filled?, false))
     }
 
     /// Polls `key` until a valid page appears, the lease is released without one (the holder
@@ -477,10 +505,12 @@ impl Cache {
         })
     }
 
-    async fn store(&self, key: &str, body: &Bytes) {
+    /// Stores `body` under `key` (unless absent or over the size cap) and releases the lease
+    /// `token` names, in one round trip.
+    async fn store_and_release(&self, key: &str, body: Option<&Bytes>, token: Option<&str>) {
         let inner = &self.inner;
         #[cfg(feature = "test-hooks")]
-        {
+        if body.is_some() {
             let hook = inner
                 .before_store
                 .lock()
@@ -490,30 +520,37 @@ impl Cache {
                 hook().await;
             }
         }
-        if body.len() > inner.settings.max_value_bytes {
-            inner.stats.too_large.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                bytes = body.len(),
-                "page larger than CACHE_MAX_VALUE_BYTES: not cached"
-            );
+        let value = match body {
+            Some(body) if body.len() > inner.settings.max_value_bytes => {
+                inner.stats.too_large.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    bytes = body.len(),
+                    "page larger than CACHE_MAX_VALUE_BYTES: not cached"
+                );
+                Vec::new()
+            }
+            Some(body) => keys::encode(body),
+            None => Vec::new(),
+        };
+        if value.is_empty() && token.is_none() {
             return;
         }
-        let value = keys::encode(body);
         let ttl_ms = keys::jittered_ttl_ms(inner.settings.ttl, inner.settings.ttl_jitter_percent);
+        let lease_key = format!("{key}:lease");
         let stored = inner
             .redis
             .run(|mut conn| {
-                let cmd = redis::cmd("SET")
-                    .arg(key)
+                let mut invocation = inner.store.key(key);
+                invocation
+                    .key(&lease_key)
                     .arg(value)
-                    .arg("PX")
                     .arg(ttl_ms)
-                    .to_owned();
-                async move { cmd.query_async::<()>(&mut conn).await }
+                    .arg(token.unwrap_or(""));
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
             })
             .await;
         if let Err(failure) = stored {
-            tracing::warn!(reason = %failure, "Redis SET failed; page not cached");
+            tracing::warn!(reason = %failure, "Redis store failed; page not cached");
         }
     }
 
