@@ -19,14 +19,6 @@ cd "$ROOT"
 ensure_redis
 ensure_node_modules
 
-apt_install() {
-  echo "== installing $* (apt)"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  fi
-}
 command -v wrk >/dev/null 2>&1 || apt_install wrk
 command -v redis-benchmark >/dev/null 2>&1 || apt_install redis-tools
 command -v python3 >/dev/null 2>&1 || apt_install python3

@@ -22,6 +22,7 @@ ensure_node_modules() {
 
 # apt-get install PACKAGE..., as root or through sudo.
 apt_install() {
+  echo "== installing $* (apt)"
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
