@@ -57,7 +57,16 @@ async fn single_flight_one_cosmos_query_for_200_misses(mode: Mode) {
 /// Four handler processes sharing one Redis, 50 concurrent identical misses each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fill_lease_across_four_instances() {
-    let stack = Stack::services(Mode::Forwarding, true, &[("CACHE_FILL_LEASE_MS", "3000")]);
+    // A generous Redis timeout: on a busy CI machine a slow Redis call would (correctly) make a
+    // waiter give up and read Cosmos itself, which is not what this test is about.
+    let stack = Stack::services(
+        Mode::Forwarding,
+        true,
+        &[
+            ("CACHE_FILL_LEASE_MS", "3000"),
+            ("REDIS_TIMEOUT_MS", "3000"),
+        ],
+    );
     let env = stack.handler_env();
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let mut children: Vec<Child> = ports
