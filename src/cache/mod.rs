@@ -92,9 +92,9 @@ end
 return g
 ";
 
-/// A lease waiter's look: the page KEYS[1] (or nil) and whether the lease KEYS[2] still exists.
+/// A lease waiter's look: the page KEYS[1] and the lease KEYS[2]'s token ('' for none).
 const PEEK_SCRIPT: &str = r"
-return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or ''}
 ";
 
 /// How often a lease waiter looks for the leaseholder's result.
@@ -159,6 +159,16 @@ enum Lease {
     Off,
 }
 
+/// How waiting for another fill ended.
+enum Waited {
+    /// The page appeared.
+    Filled(Bytes),
+    /// The lease is this instance's (a follower took it): fill, and release with this token.
+    Ours(String),
+    /// No page and no lease (the holder failed), an error, or the lease period ran out.
+    GaveUp,
+}
+
 /// Result of one flight: the page, and whether it came from Redis (another instance's fill).
 type Flight = Shared<BoxFuture<'static, Result<(Filled, bool), AppError>>>;
 
@@ -184,6 +194,8 @@ struct Inner {
     failed_invalidations: AtomicU64,
     retry_running: AtomicBool,
     flights: Mutex<HashMap<String, Flight>>,
+    /// Random id of this instance, the prefix of its lease tokens.
+    instance_id: u64,
     #[cfg(feature = "test-hooks")]
     before_store: Mutex<Option<BeforeStoreHook>>,
 }
@@ -223,6 +235,7 @@ impl Cache {
                 failed_invalidations: AtomicU64::new(0),
                 retry_running: AtomicBool::new(false),
                 flights: Mutex::new(HashMap::new()),
+                instance_id: keys::random_generation(),
                 #[cfg(feature = "test-hooks")]
                 before_store: Mutex::new(None),
             }),
@@ -292,7 +305,9 @@ impl Cache {
         }
         let hash = keys::query_hash(spec);
         let lease_ms = inner.settings.fill_lease.as_millis() as u64;
-        let token = keys::random_generation().to_string();
+        // The token names this instance, so that a flight which waits for a lease taken by one of
+        // its own followers (their lookups raced) knows the lease is its own.
+        let token = format!("{}:{}", inner.instance_id, keys::random_generation());
         let looked_up = inner
             .redis
             .run(|mut conn| {
@@ -366,13 +381,9 @@ impl Cache {
                 }
             }
         };
-        if let Lease::Taken(token) = lease {
-            // A local follower took a lease its leader did not get (the other holder let go
-            // in between): give it back, the leader fills.
-            let this = self.clone();
-            let key = key.clone();
-            tokio::spawn(async move { this.store_and_release(&key, None, Some(&token)).await });
-        }
+        // A follower that took the lease (its lookup ran before the leader's, but the leader
+        // registered the flight first) leaves it in place: the leader sees the lease carries
+        // this instance's id, fills, and releases it.
         if leader {
             // Drive the flight to completion and forget it even if this request is cancelled,
             // so later identical misses neither wait on an abandoned flight nor leak it.
@@ -424,71 +435,75 @@ impl Cache {
         Fut: Future<Output = Result<Filled, AppError>>,
     {
         let inner = &self.inner;
-        if let Lease::HeldElsewhere = lease {
-            // Another instance is filling this page: wait for its result, up to the lease.
+        let held_elsewhere = matches!(lease, Lease::HeldElsewhere);
+        let mut token = match lease {
+            Lease::Taken(token) => Some(token),
+            Lease::HeldElsewhere | Lease::Off => None,
+        };
+        if held_elsewhere {
             inner.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
-            let lease_key = format!("{key}:lease");
-            if let Some(body) = self
-                .wait_for_fill(key, &lease_key, inner.settings.fill_lease)
-                .await
-            {
-                return Ok((
-                    Filled {
-                        body,
-                        request_charge: 0.0,
-                    },
-                    true,
-                ));
+            match self.wait_for_fill(key, inner.settings.fill_lease).await {
+                Waited::Filled(body) => {
+                    return Ok((
+                        Filled {
+                            body,
+                            request_charge: 0.0,
+                        },
+                        true,
+                    ));
+                }
+                Waited::Ours(ours) => token = Some(ours),
+                Waited::GaveUp => {}
             }
         }
-        let token = match &lease {
-            Lease::Taken(token) => Some(token.as_str()),
-            _ => None,
-        };
         match fill().await {
             Ok(filled) => {
-                self.store_and_release(key, Some(&filled.body), token).await;
+                self.store_and_release(key, Some(&filled.body), token.as_deref())
+                    .await;
                 Ok((filled, false))
             }
             Err(e) => {
                 if token.is_some() {
-                    self.store_and_release(key, None, token).await;
+                    self.store_and_release(key, None, token.as_deref()).await;
                 }
                 Err(e)
             }
         }
     }
 
-    /// Polls `key` until a valid page appears, the lease is released without one (the holder
-    /// failed), or `budget` passes.
-    async fn wait_for_fill(&self, key: &str, lease_key: &str, budget: Duration) -> Option<Bytes> {
+    /// Polls until the page appears (another instance filled it), the lease turns out to be
+    /// this instance's own (fill it), or the lease is gone without a page or `budget` passes
+    /// (fill without a lease).
+    async fn wait_for_fill(&self, key: &str, budget: Duration) -> Waited {
+        let lease_key = format!("{key}:lease");
+        let own = format!("{}:", self.inner.instance_id);
         let deadline = Instant::now() + budget;
         while Instant::now() < deadline {
-            tokio::time::sleep(LEASE_POLL).await;
             let got = self
                 .inner
                 .redis
                 .run(|mut conn| {
                     let mut invocation = self.inner.peek.key(key);
-                    invocation.key(lease_key);
+                    invocation.key(&lease_key);
                     async move {
                         invocation
-                            .invoke_async::<(Option<Vec<u8>>, bool)>(&mut conn)
+                            .invoke_async::<(Vec<u8>, String)>(&mut conn)
                             .await
                     }
                 })
                 .await;
             match got {
-                Ok((Some(value), _)) => {
-                    if let Some(body) = keys::decode(&value) {
-                        return Some(Bytes::copy_from_slice(body));
-                    }
+                Ok((value, _)) if keys::decode(&value).is_some() => {
+                    return Waited::Filled(Bytes::from(value).slice(keys::VALUE_FORMAT.len()..));
                 }
-                Ok((None, true)) => {}
-                Ok((None, false)) | Err(_) => return None,
+                Ok((_, lease)) if lease.starts_with(&own) => return Waited::Ours(lease),
+                Ok((_, lease)) if lease.is_empty() => return Waited::GaveUp,
+                Ok(_) => {}
+                Err(_) => return Waited::GaveUp,
             }
+            tokio::time::sleep(LEASE_POLL).await;
         }
-        None
+        Waited::GaveUp
     }
 
     async fn bypass<F, Fut>(inner: &Inner, fill: F) -> Result<Served, AppError>
