@@ -13,4 +13,10 @@ if [ ! -f ../shared/data/us-cities-top-1k.csv ]; then
   echo "the integration tests load ../shared/data/us-cities-top-1k.csv, which is not there" >&2
   exit 1
 fi
-cargo test --all-targets "$@"
+# The last test binaries cargo runs are the examples, which hold no tests; end with one line
+# that sums every binary's result.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets "$@" 2>&1 | tee "$log"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
