@@ -61,8 +61,8 @@ export COSMOS_ENDPOINT="http://127.0.0.1:$COSMOS_PORT/"
 export COSMOS_CONNECTION_STRING=""
 
 # 4. Build
-echo "== building the handler (release) and the host emulator"
-cargo build --release --quiet --bin handler --example host_emulator
+echo "== building the handler (release) and the host emulator (the first build takes several minutes)"
+cargo build --release --bin handler --example host_emulator
 
 # 5. Data
 CSV=../shared/data/us-cities-top-1k.csv
@@ -78,7 +78,13 @@ fi
 echo "== starting the host emulator on 127.0.0.1:$HOST_PORT"
 target/release/examples/host_emulator --app-root "$ROOT" --port "$HOST_PORT" --executable "$ROOT/target/release/handler" &
 pids+=($!)
-for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$HOST_PORT/api/query?state=_" && break; sleep 0.1; done
+# The emulator listens once the handler answered its readiness probe; any answer will do.
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$HOST_PORT/" && break; sleep 0.1; done
+if [ "${AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest:-true}" = false ]; then
+  OTHER_MODE=true
+else
+  OTHER_MODE=false
+fi
 cat <<EOT
 
 Ready. Try:
@@ -89,7 +95,8 @@ Ready. Try:
   curl -i -X POST 'http://127.0.0.1:$HOST_PORT/api/update' -H 'content-type: application/json' \\
        -d '{"id":"austin-texas","city":"Austin","state":"Texas","population":1000000}'
   curl -i -X DELETE 'http://127.0.0.1:$HOST_PORT/api/update?id=austin-texas&partitionKey=Texas'
-Payload mode instead of forwarding: AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest=false $0
+The other wire mode: AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest=$OTHER_MODE $0
+The handler's own port (for GET /_diagnostics) is in the "starting handler ... port N" line above.
 Ctrl-C stops the services this script started.
 EOT
 wait
