@@ -282,11 +282,6 @@ impl Cache {
         self.inner.invalidation_pending.load(Ordering::Acquire)
     }
 
-    /// The Redis key of the generation counter.
-    pub fn generation_key(&self) -> &str {
-        &self.inner.gen_key
-    }
-
     /// Serves `spec`'s page from Redis, or runs `fill` (the Cosmos read, producing the response
     /// body) and stores its result under the generation read *before* `fill` started.
     /// Concurrent identical misses on this instance share one `fill` (single-flight), and
