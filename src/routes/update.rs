@@ -56,6 +56,12 @@ pub struct Write {
 /// `BadRequest` whose field is `body`, `id`/`<pk>` for a single document, or `[i].id` /
 /// `[i].<pk>` for an array; nothing is written when any document is invalid.
 pub fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppError> {
+    validate_batch(body, pk_path).map(|(writes, _)| writes)
+}
+
+/// As [`validate_documents`], also telling whether the body was an array (errors about an
+/// array's documents name them `[i]`).
+fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AppError::bad_request(
             "body",
@@ -132,7 +138,7 @@ pub fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppE
         }
         writes.push(Write { id, pk, doc });
     }
-    Ok(writes)
+    Ok((writes, indexed))
 }
 
 /// Cosmos DB ids: 1-255 characters, none of `/ \ ? #`
@@ -159,9 +165,9 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
 
 async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
     let pk_path = state.store.partition_key_path().await?;
-    let writes = validate_documents(&req.body, &pk_path)?;
+    let (writes, indexed) = validate_batch(&req.body, &pk_path)?;
     let total = writes.len();
-    let single = req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let single = !indexed;
     let results: Vec<(usize, Result<f64, AppError>)> =
         futures::stream::iter(writes.into_iter().enumerate())
             .map(|(i, w)| {
