@@ -65,6 +65,10 @@ pub enum AppError {
         /// Seconds the client should wait, rounded up (at least 1).
         retry_after_secs: u64,
     },
+    /// 502: Cosmos DB answered, but with something the handler cannot use: a 5xx of its own,
+    /// or a document the SDK cannot decode. Retrying does not help until that is fixed.
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: Cosmos DB cannot be reached, or the database/container does not exist.
     #[error("{0}")]
     Unavailable(String),
@@ -91,6 +95,7 @@ impl AppError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::PartialWrite { cause, .. } => cause.status(),
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Throttled { .. } | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -107,6 +112,7 @@ impl AppError {
             Self::PartialWrite { cause, .. } => cause.code(),
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Throttled { .. } => "throttled",
+            Self::BadGateway(_) => "bad_gateway",
             Self::Unavailable(_) => "unavailable",
             Self::Internal => "internal",
         }

@@ -247,35 +247,42 @@ impl Store for CosmosStore {
             .await
             .map_err(|e| self.map_query_error(&e, spec))?
             .into_pages();
-        let Some(page) = pages.next().await else {
-            return Ok(QueryPage {
-                items: Vec::new(),
-                continuation: None,
-                request_charge: 0.0,
-            });
-        };
-        let page = page.map_err(|e| self.map_query_error(&e, spec))?;
-        let request_charge = page.headers().request_charge().map_or(0.0, |c| c.value());
-        // The server's own continuation says whether this partition range has more.
-        // The SDK's token (which also encodes the query plan's position) is what resumes.
-        let has_more = page.headers().continuation().is_some();
-        let items = page.into_items();
-        let continuation = if has_more {
-            Some(
-                pages
-                    .to_continuation_token()
-                    .map_err(|e| map_error(&e, "continuation"))?
-                    .as_str()
-                    .to_string(),
-            )
-        } else {
-            None
-        };
-        Ok(QueryPage {
-            items,
-            continuation,
-            request_charge,
-        })
+        let mut items = Vec::new();
+        let mut request_charge = 0.0;
+        // One SDK page per request, except for the SDK's client-buffered stages (cross-partition
+        // DISTINCT, non-streaming ORDER BY): they cannot mint a token mid-way (20124), but their
+        // remaining pages are already in memory, so a few more are drained into this answer.
+        for _ in 0..=BUFFERED_PAGES_PER_ANSWER {
+            let Some(page) = pages.next().await else {
+                return Ok(QueryPage {
+                    items,
+                    continuation: None,
+                    request_charge,
+                });
+            };
+            let page = page.map_err(|e| self.map_query_error(&e, spec))?;
+            request_charge += page.headers().request_charge().map_or(0.0, |c| c.value());
+            items.extend(page.into_items());
+            match pages.to_continuation_token() {
+                Ok(token) => {
+                    return Ok(QueryPage {
+                        items,
+                        continuation: next_page_token(token.as_str()),
+                        request_charge,
+                    });
+                }
+                Err(e) if sub_status(&e) == Some(substatus::BUFFERED_CONTINUATION_UNSUPPORTED) => {}
+                Err(e) => return Err(map_error(&e, "continuation")),
+            }
+        }
+        Err(AppError::BadQuery(format!(
+            "the Cosmos SDK evaluates this query on the client (cross-partition DISTINCT, or \
+             ORDER BY without a streaming plan) and cannot hand out a continuation token for it: \
+             its result does not fit in {} pages of maxItemCount {}. Raise maxItemCount, bound \
+             the query with TOP n, or scope it to one partition with partitionKey",
+            BUFFERED_PAGES_PER_ANSWER + 1,
+            spec.max_item_count
+        )))
     }
 
     async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, AppError> {
@@ -309,6 +316,152 @@ impl Store for CosmosStore {
     }
 }
 
+/// Pages of a client-buffered query (see [`CosmosStore::query`]) drained into one answer
+/// beyond the first before the query is refused as unpageable.
+const BUFFERED_PAGES_PER_ANSWER: usize = 16;
+
+/// The continuation to hand out after a page: `None` once the SDK's pipeline is drained.
+///
+/// Why not the page's `x-ms-continuation` header: the SDK plans ORDER BY, TOP, OFFSET/LIMIT,
+/// aggregates and DISTINCT across partitions on the client, and those pages carry no server
+/// header although more pages remain (cf. Azure/azure-sdk-for-js#12308). The SDK's own token
+/// (`c1.` + base64url JSON, `azure_data_cosmos_driver` 1.0.0 `models/continuation_token.rs`)
+/// records the whole pipeline; its root is `{"kind":"drained"}` when nothing is left.
+/// A token in any other form (an opaque server token) means more pages.
+fn next_page_token(sdk_token: &str) -> Option<String> {
+    (!sdk_token_is_drained(sdk_token)).then(|| sdk_token.to_string())
+}
+
+fn sdk_token_is_drained(sdk_token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(body) = sdk_token.strip_prefix("c1.") else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .is_some_and(|state| state.pointer("/root/kind") == Some(&Value::from("drained")))
+}
+
+/// Cosmos sub-status codes the mapping needs. Numbers from `azure_data_cosmos_driver` 1.0.0
+/// `src/error/status_codes.rs` (client-side, HTTP 400/500 without a wire response) and the
+/// Cosmos REST sub-status table (wire).
+mod substatus {
+    /// 500, client-side: a response (or token) body the SDK cannot deserialize.
+    pub const BODY_UNDECODABLE: u16 = 20020;
+    /// Client-side transport failures: connect, I/O, DNS, body read, timeout.
+    pub const TRANSPORT: std::ops::RangeInclusive<u16> = 20010..=20015;
+    /// 400, client-side: a buffered stage cannot mint a continuation token mid-way.
+    pub const BUFFERED_CONTINUATION_UNSUPPORTED: u16 = 20124;
+    /// 400/500, client-side: a continuation token whose state the SDK cannot resume from
+    /// (another query shape, a partition layout that changed, an ORDER BY state it cannot read).
+    pub const CONTINUATION_UNUSABLE: [u16; 8] =
+        [20116, 20117, 20203, 20204, 20205, 20213, 20214, 20216];
+    /// 400, client-side: a partition-key value the SDK refuses.
+    pub const PARTITION_KEY: [u16; 5] = [20100, 20101, 20102, 20103, 20127];
+}
+
+fn sub_status(e: &CosmosError) -> Option<u16> {
+    e.status().sub_status().map(|s| s.value())
+}
+
+/// What a client must change when the SDK refuses a query shape before sending it (client-side
+/// HTTP 400), or the gateway refuses to serve it across partitions (wire 400/1004). `None` for
+/// other sub-statuses.
+fn query_refusal(sub_status: u16) -> Option<&'static str> {
+    Some(match sub_status {
+        20113 => {
+            "the Cosmos SDK cannot run this query across partitions (a feature its query \
+             planner does not support); scope it to one partition with partitionKey, or simplify it"
+        }
+        20114 => "TOP, OFFSET and LIMIT take a non-negative whole number",
+        20115 => {
+            "ORDER BY and GROUP BY across partitions must name a property path (c.population), \
+             not a computed expression; scope the query with partitionKey to use an expression"
+        }
+        20118 => "the query fans out to more partitions than the SDK allows; give partitionKey",
+        20119 => "ORDER BY across partitions cannot sort on an array or object value",
+        20123 => "DISTINCT on values nested this deeply is not supported",
+        20125 | 20126 => {
+            "the Cosmos SDK must buffer this whole query on the client (cross-partition \
+             DISTINCT, or ORDER BY without a streaming plan) and needs a bounded window: add \
+             TOP n (or OFFSET/LIMIT), or scope the query to one partition with partitionKey"
+        }
+        1004 => {
+            "Cosmos DB cannot serve this query across partitions (an aggregate or clause without \
+             a cross-partition plan); scope it to one partition with partitionKey"
+        }
+        _ => return None,
+    })
+}
+
+/// The facts of an SDK error that decide the client's answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Failure {
+    status: u16,
+    sub_status: Option<u16>,
+    /// Cosmos answered (a wire response), as opposed to an error raised inside the SDK.
+    from_wire: bool,
+    retry_after_ms: Option<u64>,
+}
+
+impl Failure {
+    fn of(e: &CosmosError) -> Self {
+        Self {
+            status: u16::from(e.status().status_code()),
+            sub_status: sub_status(e),
+            from_wire: e.is_from_wire(),
+            retry_after_ms: e.response().and_then(|r| r.headers().retry_after_ms),
+        }
+    }
+
+    /// The answer for a failure no operation-specific rule claimed.
+    ///
+    /// 503 only where retrying later can help (throttling, transport, a Cosmos 503/408/410);
+    /// 502 where Cosmos answered something the handler cannot use (a 5xx, an undecodable body);
+    /// 500 for a fault inside the handler or the SDK.
+    fn classify(self) -> AppError {
+        let Self {
+            status,
+            sub_status,
+            from_wire,
+            retry_after_ms,
+        } = self;
+        if status == 429 {
+            let wait = retry_after_ms.map_or(Duration::from_secs(1), Duration::from_millis);
+            return AppError::Throttled {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            };
+        }
+        if status == 401 || status == 403 {
+            return AppError::Unavailable(format!(
+                "Cosmos DB refused the handler's credentials (HTTP {status}): check the account \
+                 key or the identity's data-plane role"
+            ));
+        }
+        if !from_wire && sub_status == Some(substatus::BODY_UNDECODABLE) {
+            return AppError::BadGateway(
+                "Cosmos DB returned a document the handler cannot decode (not valid JSON for \
+                 the SDK, e.g. a lone UTF-16 surrogate such as \"\\ud800\" written by a \
+                 JavaScript client); fix or delete that document"
+                    .into(),
+            );
+        }
+        let transport = sub_status.is_some_and(|s| substatus::TRANSPORT.contains(&s));
+        if matches!(status, 408 | 410 | 449 | 503) || (!from_wire && transport) {
+            return AppError::Unavailable("Cosmos DB is unreachable".into());
+        }
+        if from_wire && status >= 500 {
+            return AppError::BadGateway(format!("Cosmos DB answered HTTP {status}"));
+        }
+        if status == 404 {
+            return AppError::Unavailable("Cosmos DB resource not found".into());
+        }
+        AppError::Internal
+    }
+}
+
 /// Cosmos's own message without the status prefix the SDK's `Display` adds.
 fn cosmos_message(e: &CosmosError) -> String {
     let text = e.to_string();
@@ -321,28 +474,8 @@ fn cosmos_message(e: &CosmosError) -> String {
 /// Maps an SDK error onto the client-facing error; logs the detail (never a key: the SDK's
 /// one-line `Display` holds the status, sub-status and service message only).
 fn map_error(e: &CosmosError, operation: &'static str) -> AppError {
-    let status = e.status();
     tracing::warn!(operation, error = %e, "Cosmos DB call failed");
-    if status.is_throttled() {
-        let wait = e
-            .response()
-            .and_then(|r| r.headers().retry_after_ms)
-            .map_or(Duration::from_secs(1), Duration::from_millis);
-        return AppError::Throttled {
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        };
-    }
-    if status.is_unauthorized() || status.is_forbidden() {
-        return AppError::Unavailable("Cosmos DB refused the credentials".into());
-    }
-    if status.is_not_found() {
-        return AppError::Unavailable("Cosmos DB resource not found".into());
-    }
-    let code = u16::from(status.status_code());
-    if status.is_transient() || status.is_timeout() || code >= 500 || !e.is_from_wire() {
-        return AppError::Unavailable("Cosmos DB is unreachable".into());
-    }
-    AppError::Internal
+    Failure::of(e).classify()
 }
 
 impl CosmosStore {
@@ -354,28 +487,42 @@ impl CosmosStore {
     }
 
     fn map_query_error(&self, e: &CosmosError, spec: &QuerySpec) -> AppError {
-        let status = e.status();
-        if spec.continuation.is_some() {
-            // A token the SDK cannot resume from (garbage, another query's, another scope's) is
-            // a client-side error of the SDK (HTTP 400 or 500 without a wire response).
-            let code = u16::from(status.status_code());
-            let client_side = !e.is_from_wire() && (code == 400 || code == 500);
-            let rejected = status.is_bad_request()
-                && cosmos_message(e)
-                    .to_ascii_lowercase()
-                    .contains("continuation");
-            if client_side || rejected {
+        let failure = Failure::of(e);
+        if let Some(sub) = failure.sub_status {
+            if spec.continuation.is_some() && substatus::CONTINUATION_UNUSABLE.contains(&sub) {
                 tracing::warn!(error = %e, "unusable continuation token");
                 return AppError::bad_request(
                     "continuation",
-                    "is not a continuation token of this query (use the `continuation` of the previous page, unchanged)",
+                    "can no longer resume this query (the container's partitions changed, or \
+                     the token is from another query); start again without continuation",
                 );
             }
+            if substatus::PARTITION_KEY.contains(&sub) && !failure.from_wire {
+                return AppError::bad_request("partitionKey", cosmos_message(e));
+            }
+            if failure.status == 400
+                && let Some(reason) = query_refusal(sub)
+            {
+                tracing::info!(error = %e, "query refused");
+                return AppError::BadQuery(reason.into());
+            }
         }
-        if status.is_bad_request() && e.is_from_wire() {
+        if spec.continuation.is_some()
+            && failure.status == 400
+            && cosmos_message(e)
+                .to_ascii_lowercase()
+                .contains("continuation")
+        {
+            tracing::warn!(error = %e, "continuation token refused");
+            return AppError::bad_request(
+                "continuation",
+                "is not a continuation token of this query (use the `continuation` of the previous page, unchanged)",
+            );
+        }
+        if failure.status == 400 && (failure.from_wire || failure.sub_status.is_none()) {
             return AppError::BadQuery(cosmos_message(e));
         }
-        if status.is_not_found() && e.is_from_wire() {
+        if failure.status == 404 && failure.from_wire {
             return self.container_missing();
         }
         map_error(e, "query")
@@ -424,5 +571,89 @@ impl CosmosStore {
             return Err(map_error(&e, "create container"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    fn token(json: &str) -> String {
+        format!(
+            "c1.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    #[test]
+    fn only_a_drained_pipeline_ends_the_paging() {
+        let drained = token(r#"{"op":"Query","rid":"r","root":{"kind":"drained"}}"#);
+        assert_eq!(next_page_token(&drained), None);
+        let ordered = token(
+            r#"{"op":"Query","rid":"r","root":{"kind":"sequential_drain","left_most_undrained_epk":"05C1"}}"#,
+        );
+        assert_eq!(next_page_token(&ordered).as_deref(), Some(ordered.as_str()));
+        // An opaque server token, or a c1 token that does not decode, means "more".
+        assert!(next_page_token("+RID:~abc#RT:1").is_some());
+        assert!(next_page_token("c1.@@@").is_some());
+    }
+
+    fn failure(status: u16, sub_status: Option<u16>, from_wire: bool) -> Failure {
+        Failure {
+            status,
+            sub_status,
+            from_wire,
+            retry_after_ms: None,
+        }
+    }
+
+    #[test]
+    fn each_failure_class_has_its_own_answer() {
+        let cases = [
+            // (status, sub-status, from the wire) -> (HTTP status, code)
+            ((429, Some(3200), true), (503, "throttled")),
+            ((401, None, true), (503, "unavailable")),
+            ((403, Some(5301), true), (503, "unavailable")),
+            ((500, Some(20020), false), (502, "bad_gateway")),
+            ((503, Some(20010), false), (503, "unavailable")),
+            ((500, Some(20013), false), (503, "unavailable")),
+            ((503, None, true), (503, "unavailable")),
+            ((408, None, true), (503, "unavailable")),
+            ((500, None, true), (502, "bad_gateway")),
+            ((502, None, true), (502, "bad_gateway")),
+            ((404, Some(1003), true), (503, "unavailable")),
+            ((500, Some(20207), false), (500, "internal")),
+        ];
+        for ((status, sub, wire), (want_status, want_code)) in cases {
+            let e = failure(status, sub, wire).classify();
+            assert_eq!(
+                (e.status().as_u16(), e.code()),
+                (want_status, want_code),
+                "{status}/{sub:?} wire={wire}"
+            );
+        }
+        let throttled = Failure {
+            retry_after_ms: Some(2_500),
+            ..failure(429, None, true)
+        };
+        assert!(matches!(
+            throttled.classify(),
+            AppError::Throttled {
+                retry_after_secs: 3
+            }
+        ));
+    }
+
+    #[test]
+    fn refused_query_shapes_say_what_to_change() {
+        for sub in [20113, 20114, 20115, 20118, 20119, 20123, 20125, 20126, 1004] {
+            let reason = query_refusal(sub).expect("a refusal");
+            assert!(!reason.contains("unreachable"), "{sub}: {reason}");
+        }
+        assert!(query_refusal(20125).is_some_and(|r| r.contains("TOP n")));
+        assert_eq!(query_refusal(20020), None);
+        assert_eq!(query_refusal(20010), None);
     }
 }

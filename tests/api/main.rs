@@ -29,6 +29,7 @@ mod checker;
 mod cluster;
 mod consistency;
 mod herds;
+mod paging;
 mod publish;
 mod query;
 mod redis_outage;

@@ -131,3 +131,70 @@ impl CosmosServer {
             .await;
     }
 }
+
+impl CosmosServer {
+    /// Every row of `query` (optionally scoped to partition `pk`) as the Cosmos SDK returns
+    /// them when it pages by itself: the reference the handler's paging is compared with.
+    pub async fn sdk_rows(
+        &self,
+        database: &str,
+        container: &str,
+        query: &str,
+        pk: Option<&str>,
+    ) -> Vec<Value> {
+        use azure_data_cosmos::{
+            AccountReference, CosmosClient, FeedScope, PartitionKey, RoutingStrategy,
+        };
+        use futures::TryStreamExt;
+        let account = AccountReference::with_authentication_key(
+            self.endpoint.parse().expect("endpoint URL"),
+            azure_core::credentials::Secret::from(EMULATOR_KEY.to_string()),
+        );
+        let client = CosmosClient::builder()
+            .build(account, RoutingStrategy::PreferredRegions(Vec::new()))
+            .await
+            .expect("SDK client");
+        let container = client
+            .database_client(database)
+            .container_client(container, None)
+            .await
+            .expect("container client");
+        let scope = match pk {
+            Some(pk) => FeedScope::partition(PartitionKey::from(pk.to_string())),
+            None => FeedScope::full_container(),
+        };
+        container
+            .query_items::<Value>(query, scope, None)
+            .await
+            .unwrap_or_else(|e| panic!("SDK query {query:?}: {e}"))
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("SDK query {query:?}: {e}"))
+    }
+
+    /// Upserts `document` (JSON text, sent as is) into partition `pk` with the REST API,
+    /// bypassing the handler and the SDK: for documents the SDK itself would not write.
+    pub async fn upsert_raw(&self, database: &str, container: &str, pk: &str, document: &str) {
+        let url = format!("{}dbs/{database}/colls/{container}/docs", self.endpoint);
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-ms-documentdb-is-upsert", "true")
+            .header(
+                "x-ms-documentdb-partitionkey",
+                serde_json::json!([pk]).to_string(),
+            )
+            .header("x-ms-version", "2020-07-15")
+            // The local server does not check keys; real Cosmos would need a signed token.
+            .header("authorization", "type%3Dmaster%26ver%3D1.0%26sig%3Dtest")
+            .body(document.to_string())
+            .send()
+            .await
+            .expect("raw upsert");
+        assert!(
+            response.status().is_success(),
+            "raw upsert refused: {}",
+            response.status()
+        );
+    }
+}
