@@ -126,6 +126,27 @@ pub struct CosmosSettings {
     pub container: String,
 }
 
+impl CosmosSettings {
+    /// `<account host[:port]>/<database>/<container>`, host lower-cased: what identifies the
+    /// container across deployments. Cache keys and continuation tokens are scoped by it, so
+    /// two Cosmos accounts with the same database and container names never share cache
+    /// entries, even in one Redis database. (The endpoint was checked to be a URL with a host at
+    /// load time; an endpoint that somehow is not falls back to its text.)
+    pub fn scope(&self) -> String {
+        let account = url::Url::parse(&self.endpoint)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_ascii_lowercase();
+                Some(match u.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| self.endpoint.clone());
+        format!("{account}/{}/{}", self.database, self.container)
+    }
+}
+
 /// Cache tuning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheSettings {
@@ -226,6 +247,13 @@ impl Settings {
                 ));
             }
         };
+        if redis.cluster && redis.info.redis_settings().db() != 0 {
+            return Err(ConfigError::new(
+                names::REDIS,
+                "selects a database other than 0, which a clustered Redis (REDIS_CLUSTER=true) \
+                 does not have: remove defaultDatabase= (or the /N of the URL)",
+            ));
+        }
         let cosmos = cosmos_from(&get)?;
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
@@ -432,21 +460,63 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
     let mut password = None;
     let mut user = None;
     let mut tls = false;
+    let mut db = 0_i64;
     for option in parts.filter(|p| !p.is_empty()) {
         let Some((k, v)) = option.split_once('=') else {
             return Err("has an option without `=` (expected name=value after the host)".into());
         };
-        match k.trim().to_ascii_lowercase().as_str() {
+        let name = k.trim();
+        let flag = |v: &str| match v.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        };
+        // Options are matched case-insensitively, as StackExchange.Redis does. Only what is
+        // implemented is accepted: an option silently ignored once let two environments share
+        // one cache (`defaultDatabase`, cf. stefanprodan/AspNetCoreRateLimit#288).
+        match name.to_ascii_lowercase().as_str() {
             "password" => password = Some(v.to_string()),
             "user" => user = Some(v.trim().to_string()),
             "ssl" => {
-                tls = match v.trim().to_ascii_lowercase().as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err("has ssl= that is neither True nor False".into()),
+                tls = flag(v).ok_or("has ssl= that is neither True nor False")?;
+            }
+            "defaultdatabase" => {
+                db = v
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or("has defaultDatabase= that is not a whole number from 0")?;
+            }
+            // The handler never fails start-up on Redis (it serves from Cosmos meanwhile),
+            // which is what abortConnect=False asks for.
+            "abortconnect" => {
+                if flag(v).ok_or("has abortConnect= that is neither True nor False")? {
+                    return Err(
+                        "has abortConnect=True, which this handler does not implement: \
+                                it starts and serves from Cosmos DB while Redis is unreachable; \
+                                use abortConnect=False"
+                            .into(),
+                    );
                 }
             }
-            _ => {}
+            // Admin commands are never sent; the portal's strings may carry this flag.
+            "allowadmin" => {
+                flag(v).ok_or("has allowAdmin= that is neither True nor False")?;
+            }
+            "connecttimeout" | "synctimeout" | "asynctimeout" | "responsetimeout" => {
+                return Err(format!(
+                    "has {name}=, which this handler does not read: set REDIS_TIMEOUT_MS (one \
+                     timeout for connecting and for every command) instead"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "has the option {name:?}, which this handler does not implement (it reads \
+                     password, user, ssl, defaultDatabase, abortConnect=False, allowAdmin); \
+                     remove it, or use a redis:// URL"
+                ));
+            }
         }
     }
     let addr = if tls {
@@ -466,6 +536,7 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
     if let Some(u) = user {
         redis_info = redis_info.set_username(u);
     }
+    redis_info = redis_info.set_db(db);
     let info = addr
         .into_connection_info()
         .map_err(|_| "could not be turned into a connection".to_string())?
@@ -518,6 +589,59 @@ mod tests {
         assert!(t.tls);
         assert_eq!(t.display_addr, "contoso.redis.cache.windows.net:6380");
         assert_eq!(t.info.redis_settings().password(), Some("ab/c+d=e=="));
+    }
+
+    #[test]
+    fn stackexchange_default_database_and_refused_options() {
+        let staging =
+            parse_redis_connection_string("cache:6379,defaultDatabase=1,abortConnect=False")
+                .expect("parses");
+        assert_eq!(staging.info.redis_settings().db(), 1);
+        let production =
+            parse_redis_connection_string("cache:6379,abortConnect=False").expect("parses");
+        assert_eq!(production.info.redis_settings().db(), 0);
+        let mixed_case =
+            parse_redis_connection_string("cache:6379,DEFAULTDATABASE=7,allowAdmin=true")
+                .expect("parses");
+        assert_eq!(mixed_case.info.redis_settings().db(), 7);
+        for (input, names) in [
+            ("cache:6379,defaultDatabase=one", "defaultDatabase="),
+            ("cache:6379,defaultDatabase=-1", "defaultDatabase="),
+            ("cache:6379,abortConnect=True", "abortConnect=True"),
+            ("cache:6379,syncTimeout=5000", "REDIS_TIMEOUT_MS"),
+            (
+                "cache:6379,password=hunter2,sslHost=other.example",
+                "\"sslHost\"",
+            ),
+            ("cache:6379,name=app,password=hunter2", "\"name\""),
+            ("cache:6379,connectRetry=3", "\"connectRetry\""),
+        ] {
+            let e = parse_redis_connection_string(input).expect_err(input);
+            assert!(e.contains(names), "{input}: {e}");
+            assert!(!e.contains("hunter2"), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn cosmos_scope_names_the_account() {
+        let settings = |endpoint: &str| CosmosSettings {
+            endpoint: endpoint.into(),
+            key: Secret::new("k"),
+            database: "db".into(),
+            container: "c".into(),
+        };
+        assert_eq!(
+            settings("https://Prod.documents.azure.com:443/").scope(),
+            "prod.documents.azure.com/db/c"
+        );
+        assert_eq!(
+            settings("http://127.0.0.1:8081/").scope(),
+            "127.0.0.1:8081/db/c"
+        );
+        assert_ne!(
+            settings("https://prod.documents.azure.com:443/").scope(),
+            settings("https://staging.documents.azure.com:443/").scope()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`routes`]: HTTP semantics of the two functions. No Redis or Cosmos types.
 //! - [`cache`]: every Redis concern (keys, generations, TTL, single-flight, timeouts, bypass).
 //! - [`store`]: every Cosmos concern, behind the [`store::Store`] trait.
+//! - [`continuation`]: continuation tokens bound to the query that produced them.
 //! - [`error`]: the one error enum; each variant knows its HTTP status.
 //! - [`seed`]: the data loader behind `handler seed`.
 //!
@@ -32,6 +33,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod continuation;
 pub mod error;
 pub mod protocol;
 pub mod routes;
@@ -53,16 +55,13 @@ use config::Settings;
 /// # Errors
 /// A message when the Redis client cannot be built.
 pub fn build_state(settings: &Settings) -> Result<AppState, String> {
-    let cache = cache::Cache::new(
-        &settings.redis,
-        settings.cache.clone(),
-        &settings.cosmos.database,
-        &settings.cosmos.container,
-    )?;
+    let scope = settings.cosmos.scope();
+    let cache = cache::Cache::new(&settings.redis, settings.cache.clone(), &scope)?;
     let store = store::CosmosStore::new(settings.cosmos.clone(), settings.cosmos_throttle_budget);
     Ok(AppState {
         cache,
         store: Arc::new(store),
+        tokens: continuation::TokenBinder::new(scope),
     })
 }
 

@@ -52,7 +52,11 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
     if prefix.is_empty() {
         tracing::warn!("routePrefix is empty: forwarded requests cannot be told from invocations");
     } else {
-        router = router.route(&format!("/{prefix}/{{function}}"), any(forwarded));
+        // The host's router matches `/api/query/` as `/api/query` and forwards the original
+        // path, trailing slash included (cf. Azure/azure-functions-host#969).
+        router = router
+            .route(&format!("/{prefix}/{{function}}"), any(forwarded))
+            .route(&format!("/{prefix}/{{function}}/"), any(forwarded));
     }
     router
         .fallback(not_found)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::cache::Cache;
+use crate::continuation::TokenBinder;
 use crate::store::Store;
 
 /// Shared by all invocations: one Redis connection (inside [`Cache`]) and one Cosmos client
@@ -13,4 +14,6 @@ pub struct AppState {
     pub cache: Cache,
     /// The configured Cosmos container.
     pub store: Arc<dyn Store>,
+    /// Seals the continuation tokens handed out, and checks the ones that come back.
+    pub tokens: TokenBinder,
 }

@@ -38,13 +38,18 @@ pub fn query_hash(spec: &QuerySpec) -> String {
     };
     // Serializing strings, numbers and JSON values cannot fail.
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+    hex(&Sha256::digest(&bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for b in Sha256::digest(&bytes) {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
-    hex
+    out
 }
 
 /// A fresh generation for a missing generation key: random in [2^32, 2^62), far from the

@@ -4,13 +4,16 @@
 //! miss") and [`Cache::invalidate`] ("the container changed").
 //!
 //! # Key layout
-//! All keys of one container share the hash tag `{<db>/<container>}`, so on a clustered Redis
-//! they live in one slot.
-//! - `cc:{db/container}:gen` — the container's **generation**, an integer with no TTL.
-//! - `cc:{db/container}:<gen>:<sha256>` — one cached page, with a TTL (± jitter). The hash
-//!   covers the canonical query: text, parameters sorted by name, partition key, page size,
-//!   continuation ([`keys::query_hash`]).
-//! - `cc:{db/container}:<gen>:<sha256>:lease` — a short fill lease (`SET NX PX`), so that of
+//! All keys of one container share the hash tag `{<account>/<db>/<container>}` (the scope,
+//! [`crate::config::CosmosSettings::scope`], e.g. `{myacct.documents.azure.com/db/us_cities}`),
+//! so on a clustered Redis they live in one slot, and two Cosmos accounts whose database and
+//! container names are the same (production and staging) never share an entry, even in one
+//! Redis database (cf. stefanprodan/AspNetCoreRateLimit#288).
+//! - `cc:{scope}:gen` — the container's **generation**, an integer with no TTL.
+//! - `cc:{scope}:<gen>:<sha256>` — one cached page, with a TTL (± jitter). The hash covers the
+//!   canonical query: text, parameters sorted by name, partition key, page size, continuation
+//!   ([`keys::query_hash`]).
+//! - `cc:{scope}:<gen>:<sha256>:lease` — a short fill lease (`SET NX PX`), so that of
 //!   several handler instances missing the same page at once, one reads Cosmos and the others
 //!   wait for its result.
 //!
@@ -207,19 +210,15 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// A cache for `database`/`container` over one lazily connected, auto-reconnecting
+    /// A cache for the container `scope` (`<account>/<db>/<container>`, see
+    /// [`crate::config::CosmosSettings::scope`]) over one lazily connected, auto-reconnecting
     /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call.
     ///
     /// # Errors
     /// A message when the Redis client cannot be built.
-    pub fn new(
-        target: &RedisTarget,
-        settings: CacheSettings,
-        database: &str,
-        container: &str,
-    ) -> Result<Self, String> {
+    pub fn new(target: &RedisTarget, settings: CacheSettings, scope: &str) -> Result<Self, String> {
         let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)?;
-        let tag = format!("{{{database}/{container}}}");
+        let tag = format!("{{{scope}}}");
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,

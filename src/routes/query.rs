@@ -7,7 +7,10 @@
 //! - `POST` with `{"query":"SELECT ...","parameters":[{"name":"@x","value":...}],
 //!   "partitionKey":...,"maxItemCount":n,"continuation":"..."}` (the Cosmos REST query shape).
 //!
-//! Response `200 {"items":[...],"count":n,"continuation":"..."|null}` with `x-cache`.
+//! Response `200 {"items":[...],"count":n,"continuation":"..."|null}` with `x-cache`. Whole
+//! documents come without `_rid`, `_self`, `_attachments` (see [`STORAGE_PROPERTIES`]).
+//! `continuation` is bound to its query ([`crate::continuation`]): send it back unchanged, with
+//! the same query, parameters and partition key (the page size may change).
 
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
@@ -32,28 +35,47 @@ pub const RESERVED: [&str; 4] = ["maxItemCount", "continuation", "partitionKey",
 /// # Errors
 /// `BadRequest` naming the field; store errors (`BadQuery`, `Throttled`, `Unavailable`).
 pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
-    let spec = if req.method == Method::GET {
-        // Validate first: bad input is a 400 even while Cosmos is unreachable.
-        let mut spec = spec_from_query_string(&req.query)?;
-        if spec.partition_key.is_none() {
-            pin_partition(&mut spec, &state.store.partition_key_path().await?);
-        }
-        spec
+    // Validate first: bad input is a 400 even while Cosmos is unreachable.
+    let client_spec = if req.method == Method::GET {
+        spec_from_query_string(&req.query)?
     } else if req.method == Method::POST {
         spec_from_body(&req.body)?
     } else {
         return Err(AppError::MethodNotAllowed);
     };
+    // A token from another query (or garbage) is refused before anything is looked up or
+    // cached; what Cosmos resumes from is the SDK token inside it.
+    let mut store_spec = client_spec.clone();
+    store_spec.continuation = client_spec
+        .continuation
+        .as_deref()
+        .map(|token| state.tokens.open(&client_spec, token))
+        .transpose()?;
+    // The cache key is the client's request as sent. Pinning a GET to the partition of its
+    // partition-key filter changes how Cosmos is asked, not the rows, so the container's
+    // partition-key path is needed only on a miss: a hit needs nothing from Cosmos, even on
+    // a fresh instance while Cosmos is unreachable.
+    let pin = req.method == Method::GET && client_spec.partition_key.is_none();
     let store = state.store.clone();
-    let fill_spec = spec.clone();
+    let tokens = state.tokens.clone();
+    let bound_to = client_spec.clone();
     let served = state
         .cache
-        .get_or_fill(&spec, move || async move {
-            let page = store.query(&fill_spec).await?;
+        .get_or_fill(&client_spec, move || async move {
+            if pin {
+                pin_partition(&mut store_spec, &store.partition_key_path().await?);
+            }
+            let page = store.query(&store_spec).await?;
+            let continuation = page.continuation.map(|sdk| tokens.seal(&bound_to, &sdk));
+            let items: Vec<Value> = page
+                .items
+                .into_iter()
+                .map(without_storage_properties)
+                .collect();
             let body = json!({
-                "items": page.items,
-                "count": page.items.len(),
-                "continuation": page.continuation,
+                "items": items,
+                "count": items.len(),
+                "continuation": continuation,
             });
             Ok(Filled {
                 body: Bytes::from(body.to_string()),
@@ -65,6 +87,30 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     response.cache = Some(served.outcome);
     response.request_charge = served.request_charge;
     Ok(response)
+}
+
+/// System properties Cosmos adds to every stored document that describe its storage, not its
+/// data: resource id, self link, attachments link. `_etag` (for optimistic concurrency) and
+/// `_ts` (last write, epoch seconds) are kept.
+pub const STORAGE_PROPERTIES: [&str; 3] = ["_rid", "_self", "_attachments"];
+
+/// Removes [`STORAGE_PROPERTIES`] from a whole stored document (an object carrying `_rid`,
+/// `_self` and `_etag`); projections (`SELECT c.id ...`, `SELECT VALUE ...`) are left as they
+/// are, so a query that names `c._rid` still gets it.
+fn without_storage_properties(item: Value) -> Value {
+    match item {
+        Value::Object(mut doc)
+            if ["_rid", "_self", "_etag"]
+                .iter()
+                .all(|k| doc.contains_key(*k)) =>
+        {
+            for key in STORAGE_PROPERTIES {
+                doc.remove(key);
+            }
+            Value::Object(doc)
+        }
+        other => other,
+    }
 }
 
 /// Longest partition-key value Cosmos DB accepts, in bytes
@@ -313,6 +359,18 @@ mod tests {
         pin_partition(&mut all, "/state");
         assert_eq!(all.text, "SELECT * FROM c");
         assert_eq!(all.partition_key, None);
+    }
+
+    #[test]
+    fn whole_documents_lose_storage_properties_only() {
+        let doc = json!({"id":"a","_rid":"r","_self":"s","_etag":"e","_ts":1,"_attachments":"x"});
+        assert_eq!(
+            without_storage_properties(doc),
+            json!({"id":"a","_etag":"e","_ts":1})
+        );
+        let projection = json!({"id":"a","_rid":"r"});
+        assert_eq!(without_storage_properties(projection.clone()), projection);
+        assert_eq!(without_storage_properties(json!(3)), json!(3));
     }
 
     #[test]

@@ -15,7 +15,6 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, TlsCertific
 
 use crate::support::redis_server::free_port;
 use crate::support::scratch::ScratchDir;
-use crate::support::stack::CONTAINER;
 use crate::support::{Mode, Stack};
 
 both_modes!(rediss_url_and_stackexchange_form_over_tls);
@@ -256,7 +255,7 @@ async fn rediss_url_and_stackexchange_form_over_tls(mode: Mode) {
     // handshake, which a debug build on a busy 2-core machine can exceed; a bypass then would
     // say nothing about TLS. This test is about TLS, not about timeouts.
     let mut stack = Stack::services(mode, true, &[("REDIS_TIMEOUT_MS", "3000")]);
-    let entry_prefix = format!("cc:{{{}/{CONTAINER}}}:", stack.database);
+    let entry_prefix = format!("cc:{}:", stack.key_tag());
 
     // 1. rediss://localhost:<port>, no password.
     let open = TlsRedis::start(dir.path(), None);

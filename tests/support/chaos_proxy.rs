@@ -16,6 +16,8 @@ pub enum Behaviour {
     Pass,
     /// Accept and read, never forward nor answer.
     BlackHole,
+    /// Close every new connection at once, like a server that is down.
+    Refuse,
 }
 
 /// A running proxy on 127.0.0.1. Stops when dropped.
@@ -83,6 +85,9 @@ async fn serve(
     behaviour: Arc<Mutex<Behaviour>>,
     mut cut: watch::Receiver<u64>,
 ) {
+    if *behaviour.lock().unwrap_or_else(|p| p.into_inner()) == Behaviour::Refuse {
+        return;
+    }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };

@@ -190,9 +190,14 @@ impl Stack {
             .expect("diagnostics JSON")
     }
 
+    /// The hash tag of this test's cache keys: `{<account host:port>/<db>/<container>}`.
+    pub fn key_tag(&self) -> String {
+        format!("{{{}}}", self.settings().cosmos.scope())
+    }
+
     /// The container's generation key and its current value, if any.
     pub fn generation(&self) -> (String, Option<u64>) {
-        let key = format!("cc:{{{}/{}}}:gen", self.database, CONTAINER);
+        let key = format!("cc:{}:gen", self.key_tag());
         let value: Option<u64> = redis::cmd("GET")
             .arg(&key)
             .query(&mut self.redis.connection())

@@ -1,0 +1,90 @@
+//! Issue 9.5: a page cached in Redis is served by a fresh handler instance while Cosmos DB is
+//! unreachable, by GET as by POST (a GET used to ask Cosmos for the partition-key path first,
+//! and answered 503). What is not cached is a 503 naming Cosmos.
+
+use serde_json::json;
+
+use crate::support::chaos_proxy::{Behaviour, ChaosProxy};
+use crate::support::{Mode, Stack};
+
+both_modes!(cached_pages_survive_a_cosmos_outage_on_a_fresh_instance);
+
+async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
+    // The handler reaches Cosmos through a TCP proxy that can be cut, so that the endpoint
+    // (and with it the cache keys' account scope) stays the same across the outage.
+    let mut stack = Stack::services(mode, true, &[]);
+    let upstream: std::net::SocketAddr = stack
+        .cosmos
+        .endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the local server's address");
+    let proxy = ChaosProxy::start(upstream).await;
+    stack.set_env(
+        "COSMOS_ENDPOINT",
+        &format!("http://127.0.0.1:{}/", proxy.port),
+    );
+    stack.start_handler().await;
+    let post_body = json!({
+        "query": "SELECT * FROM c WHERE c.state = @s",
+        "parameters": [{"name": "@s", "value": "Iowa"}],
+        "partitionKey": "Iowa",
+    })
+    .to_string();
+    let get = stack.get("query?state=Iowa").await;
+    assert_eq!((get.status, get.cache()), (200, "miss"), "{}", get.text);
+    let post = stack.post("query", &post_body).await;
+    assert_eq!((post.status, post.cache()), (200, "miss"), "{}", post.text);
+    let page2 = stack
+        .get(&format!(
+            "query?state=Iowa&maxItemCount=3&continuation={}",
+            url::form_urlencoded::byte_serialize(
+                stack.get("query?state=Iowa&maxItemCount=3").await.json()["continuation"]
+                    .as_str()
+                    .expect("Iowa has more than 3 cities")
+                    .as_bytes()
+            )
+            .collect::<String>()
+        ))
+        .await;
+    assert_eq!(page2.status, 200, "{}", page2.text);
+
+    // Cosmos becomes unreachable (connections refused), then a new instance starts.
+    proxy.set(Behaviour::Refuse);
+    proxy.cut_all();
+    stack.start_handler().await;
+    let hit = stack.get("query?state=Iowa").await;
+    assert_eq!((hit.status, hit.cache()), (200, "hit"), "{}", hit.text);
+    assert_eq!(hit.text, get.text, "the same page");
+    let post_hit = stack.post("query", &post_body).await;
+    assert_eq!((post_hit.status, post_hit.cache()), (200, "hit"));
+    let page2_hit = stack
+        .get(&format!(
+            "query?state=Iowa&maxItemCount=3&continuation={}",
+            url::form_urlencoded::byte_serialize(
+                stack.get("query?state=Iowa&maxItemCount=3").await.json()["continuation"]
+                    .as_str()
+                    .expect("page 1 from the cache")
+                    .as_bytes()
+            )
+            .collect::<String>()
+        ))
+        .await;
+    assert_eq!((page2_hit.status, page2_hit.cache()), (200, "hit"));
+    assert_eq!(page2_hit.text, page2.text);
+
+    // Not cached: 503, naming Cosmos, never the client's input.
+    let miss = stack.get("query?state=Ohio").await;
+    assert_eq!(miss.status, 503, "{}", miss.text);
+    let error = &miss.json()["error"];
+    assert_eq!(error["code"], "unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Cosmos DB")
+    );
+    assert!(error.get("field").is_none());
+    stack.shutdown().await;
+}
