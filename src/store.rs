@@ -159,10 +159,8 @@ impl CosmosStore {
                         "the Cosmos DB endpoint setting is not a valid URL".into(),
                     )
                 })?;
-                let account = AccountReference::with_authentication_key(
-                    endpoint,
-                    azure_core::credentials::Secret::from(self.settings.key.expose().to_string()),
-                );
+                let account =
+                    AccountReference::with_authentication_key(endpoint, self.settings.key.clone());
                 let throttling = ThrottlingRetryOptionsBuilder::new()
                     .with_max_retry_wait_time(self.throttle_budget)
                     .build();

@@ -1,0 +1,347 @@
+//! Settings, read once from environment variables (the Function App's app settings, or
+//! `local.settings.json` `Values` under `func start`).
+//!
+//! Every setting has one name, listed in [`names`]. A missing or malformed setting stops
+//! start-up with a [`ConfigError`] that names the variable and never contains its value:
+//! connection strings carry keys and passwords.
+//!
+//! - this file: the setting names, [`Settings`] and their loading (with the `from_lookup` seam
+//!   tests use instead of the process environment);
+//! - `redis.rs`: `REDIS_CONNECTION_STRING`'s two grammars;
+//! - `cosmos.rs`: the Cosmos account settings, its connection string and endpoint/key checks.
+//!
+//! Secrets are azure_core's [`Secret`]: its `Debug` is redacted and it has no `Display`.
+
+use std::time::Duration;
+
+mod cosmos;
+mod redis;
+
+pub use azure_core::credentials::Secret;
+pub use cosmos::{CosmosSettings, cosmos_from_env, parse_cosmos_connection_string};
+pub use redis::{RedisTarget, parse_redis_connection_string};
+
+use cosmos::cosmos_from;
+
+/// The environment variable names this binary reads. `local.settings.json.example` lists each.
+pub mod names {
+    /// Port to listen on, set by the Functions host (spec §2.3).
+    pub const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+    /// Legacy name of the same port; the host sets both (spec §2.3).
+    pub const PORT_LEGACY: &str = "FUNCTIONS_HTTPWORKER_PORT";
+    /// `redis://`, `rediss://` URL or the Azure portal's StackExchange.Redis form.
+    pub const REDIS: &str = "REDIS_CONNECTION_STRING";
+    /// `true` for a clustered cache (OSS cluster protocol); default `false`.
+    pub const REDIS_CLUSTER: &str = "REDIS_CLUSTER";
+    /// Cosmos "PRIMARY CONNECTION STRING": `AccountEndpoint=...;AccountKey=...;`.
+    pub const COSMOS_CONNECTION_STRING: &str = "COSMOS_CONNECTION_STRING";
+    /// Cosmos account endpoint, used with [`COSMOS_KEY`] when no connection string is set.
+    pub const COSMOS_ENDPOINT: &str = "COSMOS_ENDPOINT";
+    /// Cosmos account key, used with [`COSMOS_ENDPOINT`].
+    pub const COSMOS_KEY: &str = "COSMOS_KEY";
+    /// Database name.
+    pub const COSMOS_DATABASE: &str = "COSMOS_DATABASE";
+    /// Container name.
+    pub const COSMOS_CONTAINER: &str = "COSMOS_CONTAINER";
+    /// Cache entry time-to-live in seconds (default 300).
+    pub const CACHE_TTL_SECONDS: &str = "CACHE_TTL_SECONDS";
+    /// TTL jitter in percent, ± (default 10).
+    pub const CACHE_TTL_JITTER_PERCENT: &str = "CACHE_TTL_JITTER_PERCENT";
+    /// Largest response body stored in Redis, in bytes (default 1 MiB).
+    pub const CACHE_MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
+    /// Fill lease per missed page, in milliseconds (default 2000; 0 turns leases off).
+    pub const CACHE_FILL_LEASE_MS: &str = "CACHE_FILL_LEASE_MS";
+    /// Outer timeout of every Redis call, in milliseconds (default 250).
+    pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
+    /// Budget for retrying throttled (429) Cosmos calls, in milliseconds (default 5000).
+    pub const COSMOS_THROTTLE_BUDGET_MS: &str = "COSMOS_THROTTLE_BUDGET_MS";
+    /// `json` for JSON log lines, `text` for human-readable ones (default: `json` in Azure).
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+    /// Every setting above except the two ports the host sets itself.
+    pub const USER_SETTINGS: [&str; 15] = [
+        REDIS,
+        REDIS_CLUSTER,
+        COSMOS_CONNECTION_STRING,
+        COSMOS_ENDPOINT,
+        COSMOS_KEY,
+        COSMOS_DATABASE,
+        COSMOS_CONTAINER,
+        CACHE_TTL_SECONDS,
+        CACHE_TTL_JITTER_PERCENT,
+        CACHE_MAX_VALUE_BYTES,
+        CACHE_FILL_LEASE_MS,
+        REDIS_TIMEOUT_MS,
+        COSMOS_THROTTLE_BUDGET_MS,
+        LOG_FORMAT,
+        RUST_LOG,
+    ];
+    /// The log filter, read by `tracing-subscriber` (default `info`).
+    pub const RUST_LOG: &str = "RUST_LOG";
+}
+
+/// A start-up error naming the setting at fault. Its text never contains the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting {name}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable's name.
+    pub name: &'static str,
+    /// What is wrong with it, without its value.
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(name: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            name,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Cache tuning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Time-to-live of a cached query page.
+    pub ttl: Duration,
+    /// ± jitter applied to `ttl`, in percent (0–50).
+    pub ttl_jitter_percent: u8,
+    /// Largest body stored in Redis, in bytes; larger pages are served but not cached.
+    pub max_value_bytes: usize,
+    /// Outer timeout wrapped around every Redis call.
+    pub redis_timeout: Duration,
+    /// How long one instance may hold the fill lease of a missed page while it reads Cosmos;
+    /// other instances wait up to this long for its result. Zero disables leases.
+    pub fill_lease: Duration,
+}
+
+/// All settings of the handler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// TCP port on 127.0.0.1 to listen on.
+    pub port: u16,
+    /// Redis connection parameters (the password is inside and is never printed by us).
+    pub redis: RedisTarget,
+    /// Cosmos DB account and container.
+    pub cosmos: CosmosSettings,
+    /// Cache tuning.
+    pub cache: CacheSettings,
+    /// Total time the Cosmos SDK may spend waiting on throttled (429) retries.
+    pub cosmos_throttle_budget: Duration,
+    /// JSON log lines instead of human-readable text.
+    pub json_logs: bool,
+}
+
+impl Settings {
+    /// Reads every setting from the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first missing or malformed variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every setting through `get` (a variable name → its value), so tests need not
+    /// touch the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first missing or malformed variable.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let port = match get(names::PORT)
+            .map(|v| (names::PORT, v))
+            .or_else(|| get(names::PORT_LEGACY).map(|v| (names::PORT_LEGACY, v)))
+        {
+            Some((name, v)) => v
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ConfigError::new(name, "must be a TCP port number (1-65535)"))?,
+            // `func start` always sets it; a bare `cargo run` gets a fixed dev port.
+            None => 3000,
+        };
+        let redis_raw =
+            get(names::REDIS).ok_or_else(|| ConfigError::new(names::REDIS, "is not set"))?;
+        let mut redis = parse_redis_connection_string(&redis_raw)
+            .map_err(|problem| ConfigError::new(names::REDIS, problem))?;
+        redis.cluster = match get(names::REDIS_CLUSTER).as_deref().map(str::trim) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    names::REDIS_CLUSTER,
+                    "must be true or false",
+                ));
+            }
+        };
+        if redis.cluster && redis.info.redis_settings().db() != 0 {
+            return Err(ConfigError::new(
+                names::REDIS,
+                "selects a database other than 0, which a clustered Redis (REDIS_CLUSTER=true) \
+                 does not have: remove defaultDatabase= (or the /N of the URL)",
+            ));
+        }
+        let cosmos = cosmos_from(&get)?;
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(v) => match v.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        _ => Err(ConfigError::new(
+                            name,
+                            format!("must be a whole number from {min} to {max}"),
+                        )),
+                    },
+                }
+            };
+        let cache = CacheSettings {
+            ttl: Duration::from_secs(number(names::CACHE_TTL_SECONDS, 300, 1, 30 * 86_400)?),
+            ttl_jitter_percent: number(names::CACHE_TTL_JITTER_PERCENT, 10, 0, 50)? as u8,
+            max_value_bytes: number(names::CACHE_MAX_VALUE_BYTES, 1 << 20, 1, 512 << 20)? as usize,
+            redis_timeout: Duration::from_millis(number(names::REDIS_TIMEOUT_MS, 250, 1, 60_000)?),
+            fill_lease: Duration::from_millis(number(
+                names::CACHE_FILL_LEASE_MS,
+                2_000,
+                0,
+                60_000,
+            )?),
+        };
+        let cosmos_throttle_budget =
+            Duration::from_millis(number(names::COSMOS_THROTTLE_BUDGET_MS, 5_000, 0, 120_000)?);
+        let json_logs = match get(names::LOG_FORMAT).as_deref().map(str::trim) {
+            Some("json") => true,
+            Some("text") => false,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    names::LOG_FORMAT,
+                    "must be `json` or `text`",
+                ));
+            }
+            // WEBSITE_INSTANCE_ID is set on every Azure App Service / Functions instance.
+            None => get("WEBSITE_INSTANCE_ID").is_some(),
+        };
+        Ok(Settings {
+            port,
+            redis,
+            cosmos,
+            cache,
+            cosmos_throttle_budget,
+            json_logs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            (names::REDIS, "redis://127.0.0.1:6379".to_string()),
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey=c2VjcmV0/+k=;"
+                    .to_string(),
+            ),
+            (names::COSMOS_DATABASE, "tutorial".to_string()),
+            (names::COSMOS_CONTAINER, "us_cities".to_string()),
+        ])
+    }
+
+    fn load(env: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|n| env.get(n).cloned())
+    }
+
+    #[test]
+    fn portal_cosmos_connection_string_keeps_padding() {
+        let s = load(&base()).expect("valid settings");
+        assert_eq!(s.cosmos.endpoint, "https://acct.documents.azure.com:443/");
+        assert_eq!(s.cosmos.key.secret(), "c2VjcmV0/+k=");
+        assert_eq!(s.cache.ttl, Duration::from_secs(300));
+        assert_eq!(s.port, 3000);
+    }
+
+    #[test]
+    fn malformed_settings_name_the_variable_and_hide_the_value() {
+        let mut env = base();
+        env.insert(names::REDIS, "h:notaport,password=hunter2secret".into());
+        let e = load(&env).expect_err("bad port");
+        assert_eq!(e.name, names::REDIS);
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+
+        let mut env = base();
+        env.insert(
+            names::COSMOS_CONNECTION_STRING,
+            "AccountKey=topsecretkey==".into(),
+        );
+        let e = load(&env).expect_err("no endpoint");
+        assert_eq!(e.name, names::COSMOS_CONNECTION_STRING);
+        assert!(!e.to_string().contains("topsecretkey"), "{e}");
+
+        let mut env = base();
+        env.remove(names::COSMOS_CONNECTION_STRING);
+        assert_eq!(
+            load(&env).expect_err("missing").name,
+            names::COSMOS_ENDPOINT
+        );
+        env.insert(names::COSMOS_ENDPOINT, "http://127.0.0.1:8081".into());
+        assert_eq!(load(&env).expect_err("missing key").name, names::COSMOS_KEY);
+
+        let mut env = base();
+        env.insert(names::CACHE_TTL_SECONDS, "0".into());
+        assert_eq!(
+            load(&env).expect_err("ttl 0").name,
+            names::CACHE_TTL_SECONDS
+        );
+
+        let mut env = base();
+        env.remove(names::REDIS);
+        assert_eq!(load(&env).expect_err("no redis").name, names::REDIS);
+
+        // A URL with the wrong scheme is not mistaken for host:port (and never echoed).
+        for wrong in [
+            "redis:/:hunter2@127.0.0.1:6379",
+            "http://:hunter2@h:6379",
+            "h:6379/0",
+        ] {
+            let mut env = base();
+            env.insert(names::REDIS, wrong.into());
+            let e = load(&env).expect_err("wrong scheme");
+            assert_eq!(e.name, names::REDIS);
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        for (name, value) in [
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://;AccountKey=a2V5;",
+            ),
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://u:hunter2@h/;AccountKey=a2V5;",
+            ),
+            (
+                names::COSMOS_CONNECTION_STRING,
+                "AccountEndpoint=https://h/;AccountKey=not-b64!!;",
+            ),
+            (names::PORT, "0"),
+            (names::REDIS_CLUSTER, "yes"),
+        ] {
+            let mut env = base();
+            env.insert(name, value.into());
+            let e = load(&env).expect_err(value);
+            assert_eq!(e.name, name, "{value}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = load(&base()).expect("valid");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("c2VjcmV0"), "{printed}");
+    }
+}
