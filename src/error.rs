@@ -138,7 +138,7 @@ impl AppError {
 
     /// Renders the error as the response both wire modes send:
     /// `{"error":{"code","message","field"?,"written"?,"total"?}}`.
-    pub fn into_response(self) -> ApiResponse {
+    pub fn into_api_response(self) -> ApiResponse {
         let message = match &self {
             Self::BadRequest { message, .. } => message.clone(),
             other => other.to_string(),

@@ -96,7 +96,7 @@ fn function_and_body(
 
 async fn not_found() -> Response {
     AppError::NotFound("no such function".into())
-        .into_response()
+        .into_api_response()
         .into_http()
 }
 
@@ -111,7 +111,7 @@ async fn forwarded(
 ) -> Response {
     let (function, body) = match function_and_body(&function, body, BODY_LIMIT) {
         Ok(found) => found,
-        Err(e) => return e.into_response().into_http(),
+        Err(e) => return e.into_api_response().into_http(),
     };
     let query = raw_query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -136,7 +136,7 @@ async fn invocation(
 ) -> Response {
     let (function, body) = match function_and_body(&function, body, ENVELOPE_LIMIT) {
         Ok(found) => found,
-        Err(e) => return e.into_response().into_http(),
+        Err(e) => return e.into_api_response().into_http(),
     };
     let request = match parse_invocation(function, &body, invocation_id(&headers)) {
         Ok(r) => r,
@@ -151,7 +151,7 @@ async fn invocation(
         let response = AppError::PayloadTooLarge {
             limit_bytes: BODY_LIMIT,
         }
-        .into_response();
+        .into_api_response();
         (
             response,
             format!("{} -> 413 body too large", function.name()),

@@ -14,7 +14,7 @@ pub async fn dispatch(state: &AppState, req: &ApiRequest) -> ApiResponse {
         Function::Query => query::handle(state, req).await,
         Function::Update => update::handle(state, req).await,
     };
-    result.unwrap_or_else(|e| e.into_response())
+    result.unwrap_or_else(|e| e.into_api_response())
 }
 
 /// Whether `name` is a plain identifier `[A-Za-z_][A-Za-z0-9_]*` (safe to splice into SQL as
