@@ -157,3 +157,24 @@ impl AppError {
         response
     }
 }
+
+/// The one place where a store error gets its HTTP meaning.
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as S;
+        match e {
+            S::Input { field, message } => Self::BadRequest { field, message },
+            S::Query(message) => Self::BadQuery(message),
+            S::NotFound(message) => Self::NotFound(message),
+            S::Refused { status, message } => Self::Rejected {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                field: "body".into(),
+                message: format!("Cosmos DB refused the document: {message}"),
+            },
+            S::Throttled { retry_after_secs } => Self::Throttled { retry_after_secs },
+            S::Unavailable(message) => Self::Unavailable(message),
+            S::BadGateway(message) => Self::BadGateway(message),
+            S::Internal => Self::Internal,
+        }
+    }
+}

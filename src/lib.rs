@@ -18,9 +18,11 @@
 //!   request/response type, plus the readiness probe. [`protocol::router`] builds the app.
 //! - [`routes`]: HTTP semantics of the two functions. No Redis or Cosmos types.
 //! - [`cache`]: every Redis concern (keys, generations, TTL, single-flight, timeouts, bypass).
-//! - [`store`]: every Cosmos concern, behind the [`store::Store`] trait.
+//! - [`store`]: every Cosmos concern, behind the [`store::Store`] trait; its failures are
+//!   [`store::StoreError`]s, which know nothing of HTTP.
 //! - [`continuation`]: continuation tokens bound to the query that produced them.
-//! - [`error`]: the one error enum; each variant knows its HTTP status.
+//! - [`error`]: the HTTP edge's error enum (each variant knows its status) and the one mapping
+//!   from [`store::StoreError`] onto it.
 //! - [`seed`]: the data loader behind `handler seed`.
 //!
 //! ## Guarantees

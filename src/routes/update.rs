@@ -18,6 +18,7 @@ use crate::cache::Invalidation;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::PkValue;
+use crate::store::StoreError;
 
 /// Most documents one `POST` may carry.
 pub const MAX_DOCUMENTS: usize = 1000;
@@ -172,7 +173,15 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
         futures::stream::iter(writes.into_iter().enumerate())
             .map(|(i, w)| {
                 let store = state.store.clone();
-                async move { (i, store.upsert(&w.pk, &w.id, &w.doc).await) }
+                async move {
+                    (
+                        i,
+                        store
+                            .upsert(&w.pk, &w.id, &w.doc)
+                            .await
+                            .map_err(AppError::from),
+                    )
+                }
             })
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
@@ -253,7 +262,7 @@ async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
     check_id(&id).map_err(|m| AppError::bad_request("id", m))?;
     let result = match state.store.delete(&pk, &id).await {
         // Nothing was deleted, so nothing to invalidate.
-        Err(e @ AppError::NotFound(_)) => return Err(e),
+        Err(e @ StoreError::NotFound(_)) => return Err(e.into()),
         other => other,
     };
     let invalidation = state.cache.invalidate().await;

@@ -1,0 +1,368 @@
+//! [`CosmosStore`]: the [`Store`] over one container with `azure_data_cosmos`.
+//!
+//! The client and the container are created lazily and retried on the next request when they
+//! fail, so the handler answers the host's readiness probe before Cosmos is reachable and a
+//! container created after start-up is picked up without a restart.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::feed::ContinuationToken;
+use azure_data_cosmos::options::{
+    MaxItemCountHint, OperationOptionsBuilder, QueryOptions, ThrottlingRetryOptionsBuilder,
+};
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, CosmosClient, CosmosError, FeedScope, Query, RoutingStrategy,
+};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::config::CosmosSettings;
+
+use super::failure::{Failure, cosmos_message, map_error, query_refusal, sub_status, substatus};
+use super::{PkValue, QueryPage, QuerySpec, Store, StoreError};
+
+struct Container {
+    client: ContainerClient,
+    pk_path: String,
+}
+
+/// [`Store`] over one Cosmos DB container with `azure_data_cosmos`.
+pub struct CosmosStore {
+    settings: CosmosSettings,
+    throttle_budget: Duration,
+    client: OnceCell<CosmosClient>,
+    container: OnceCell<Container>,
+}
+
+impl CosmosStore {
+    /// A store for `settings.database`/`settings.container`. Nothing is contacted yet.
+    /// `throttle_budget` bounds the SDK's waiting on 429 retries (it honours
+    /// `x-ms-retry-after-ms`).
+    pub fn new(settings: CosmosSettings, throttle_budget: Duration) -> Self {
+        Self {
+            settings,
+            throttle_budget,
+            client: OnceCell::new(),
+            container: OnceCell::new(),
+        }
+    }
+
+    /// The shared client, built on first use.
+    ///
+    /// # Errors
+    /// `Unavailable` when the endpoint is invalid or the account cannot be reached.
+    pub async fn client(&self) -> Result<&CosmosClient, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                let endpoint: AccountEndpoint = self.settings.endpoint.parse().map_err(|_| {
+                    StoreError::Unavailable(
+                        "the Cosmos DB endpoint setting is not a valid URL".into(),
+                    )
+                })?;
+                let account =
+                    AccountReference::with_authentication_key(endpoint, self.settings.key.clone());
+                let throttling = ThrottlingRetryOptionsBuilder::new()
+                    .with_max_retry_wait_time(self.throttle_budget)
+                    .build();
+                let options = OperationOptionsBuilder::new()
+                    .with_throttling_retry_options(throttling)
+                    .build();
+                CosmosClient::builder()
+                    .with_default_operation_options(options)
+                    .build(account, RoutingStrategy::PreferredRegions(Vec::new()))
+                    .await
+                    .map_err(|e| map_error(&e, "connect"))
+            })
+            .await
+    }
+
+    async fn container(&self) -> Result<&Container, StoreError> {
+        self.container
+            .get_or_try_init(|| async {
+                let client = self.client().await?;
+                let db = client.database_client(self.settings.database.as_str());
+                let container = db
+                    .container_client(self.settings.container.as_str(), None)
+                    .await
+                    .map_err(|e| {
+                        if e.status().is_not_found() {
+                            self.container_missing()
+                        } else {
+                            map_error(&e, "open container")
+                        }
+                    })?;
+                let properties = container
+                    .read(None)
+                    .await
+                    .map_err(|e| map_error(&e, "read container"))?
+                    .into_model()
+                    .map_err(|e| map_error(&e, "read container"))?;
+                let pk_path = properties
+                    .partition_key
+                    .paths()
+                    .first()
+                    .map(|p| p.to_string())
+                    .ok_or_else(|| {
+                        StoreError::Unavailable("the container has no partition key path".into())
+                    })?;
+                Ok(Container {
+                    client: container,
+                    pk_path,
+                })
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for CosmosStore {
+    async fn partition_key_path(&self) -> Result<String, StoreError> {
+        Ok(self.container().await?.pk_path.clone())
+    }
+
+    async fn query(&self, spec: &QuerySpec) -> Result<QueryPage, StoreError> {
+        let container = &self.container().await?.client;
+        let mut query = Query::from(spec.text.as_str());
+        for (name, value) in &spec.parameters {
+            query = query
+                .with_parameter(name.as_str(), value)
+                .map_err(|_| StoreError::input("parameters", "a value cannot be encoded"))?;
+        }
+        let scope = match &spec.partition_key {
+            Some(pk) => FeedScope::partition(pk.to_cosmos()?),
+            None => FeedScope::full_container(),
+        };
+        let page_size = NonZeroU32::new(spec.max_item_count)
+            .ok_or_else(|| StoreError::input("maxItemCount", "must be at least 1"))?;
+        let mut options =
+            QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(page_size));
+        if let Some(token) = &spec.continuation {
+            options =
+                options.with_continuation_token(ContinuationToken::from_string(token.clone()));
+        }
+        let mut pages = container
+            .query_items::<Value>(query, scope, Some(options))
+            .await
+            .map_err(|e| self.map_query_error(&e, spec))?
+            .into_pages();
+        let mut items = Vec::new();
+        let mut request_charge = 0.0;
+        // One SDK page per request, except for the SDK's client-buffered stages (cross-partition
+        // DISTINCT, non-streaming ORDER BY): they cannot mint a token mid-way (20124), but their
+        // remaining pages are already in memory, so a few more are drained into this answer.
+        for _ in 0..=BUFFERED_PAGES_PER_ANSWER {
+            let Some(page) = pages.next().await else {
+                return Ok(QueryPage {
+                    items,
+                    continuation: None,
+                    request_charge,
+                });
+            };
+            let page = page.map_err(|e| self.map_query_error(&e, spec))?;
+            request_charge += page.headers().request_charge().map_or(0.0, |c| c.value());
+            items.extend(page.into_items());
+            match pages.to_continuation_token() {
+                Ok(token) => {
+                    return Ok(QueryPage {
+                        items,
+                        continuation: next_page_token(token.as_str()),
+                        request_charge,
+                    });
+                }
+                Err(e) if sub_status(&e) == Some(substatus::BUFFERED_CONTINUATION_UNSUPPORTED) => {}
+                Err(e) => return Err(map_error(&e, "continuation")),
+            }
+        }
+        Err(StoreError::Query(format!(
+            "the Cosmos SDK evaluates this query on the client (cross-partition DISTINCT, or \
+             ORDER BY without a streaming plan) and cannot hand out a continuation token for it: \
+             its result does not fit in {} pages of maxItemCount {}. Raise maxItemCount, bound \
+             the query with TOP n, or scope it to one partition with partitionKey",
+            BUFFERED_PAGES_PER_ANSWER + 1,
+            spec.max_item_count
+        )))
+    }
+
+    async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, StoreError> {
+        let container = &self.container().await?.client;
+        let response = container
+            .upsert_item(pk.to_cosmos()?, id, doc, None)
+            .await
+            .map_err(|e| self.map_write_error(&e, "upsert"))?;
+        Ok(response
+            .headers()
+            .request_charge()
+            .map_or(0.0, |c| c.value()))
+    }
+
+    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {
+        let container = &self.container().await?.client;
+        let response = container
+            .delete_item(pk.to_cosmos()?, id, None)
+            .await
+            .map_err(|e| {
+                if e.status().is_not_found() && e.is_from_wire() {
+                    StoreError::NotFound(format!("no document with id {id:?} in that partition"))
+                } else {
+                    self.map_write_error(&e, "delete")
+                }
+            })?;
+        Ok(response
+            .headers()
+            .request_charge()
+            .map_or(0.0, |c| c.value()))
+    }
+}
+
+/// Pages of a client-buffered query (see [`CosmosStore::query`]) drained into one answer
+/// beyond the first before the query is refused as unpageable.
+const BUFFERED_PAGES_PER_ANSWER: usize = 16;
+
+/// The continuation to hand out after a page: `None` once the SDK's pipeline is drained.
+///
+/// Why not the page's `x-ms-continuation` header: the SDK plans ORDER BY, TOP, OFFSET/LIMIT,
+/// aggregates and DISTINCT across partitions on the client, and those pages carry no server
+/// header although more pages remain (cf. Azure/azure-sdk-for-js#12308). The SDK's own token
+/// (`c1.` + base64url JSON, `azure_data_cosmos_driver` 1.0.0 `models/continuation_token.rs`)
+/// records the whole pipeline; its root is `{"kind":"drained"}` when nothing is left.
+/// A token in any other form (an opaque server token) means more pages.
+fn next_page_token(sdk_token: &str) -> Option<String> {
+    (!sdk_token_is_drained(sdk_token)).then(|| sdk_token.to_string())
+}
+
+fn sdk_token_is_drained(sdk_token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(body) = sdk_token.strip_prefix("c1.") else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .is_some_and(|state| state.pointer("/root/kind") == Some(&Value::from("drained")))
+}
+
+impl CosmosStore {
+    fn container_missing(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "Cosmos DB container {}/{} does not exist",
+            self.settings.database, self.settings.container
+        ))
+    }
+
+    fn map_query_error(&self, e: &CosmosError, spec: &QuerySpec) -> StoreError {
+        let failure = Failure::of(e);
+        if let Some(sub) = failure.sub_status {
+            if spec.continuation.is_some() && substatus::CONTINUATION_UNUSABLE.contains(&sub) {
+                tracing::warn!(error = %e, "unusable continuation token");
+                return StoreError::input(
+                    "continuation",
+                    "can no longer resume this query (the container's partitions changed, or \
+                     the token is from another query); start again without continuation",
+                );
+            }
+            if substatus::PARTITION_KEY.contains(&sub) && !failure.from_wire {
+                return StoreError::input("partitionKey", cosmos_message(e));
+            }
+            if failure.status == 400
+                && let Some(reason) = query_refusal(sub)
+            {
+                tracing::info!(error = %e, "query refused");
+                return StoreError::Query(reason.into());
+            }
+        }
+        if spec.continuation.is_some()
+            && failure.status == 400
+            && cosmos_message(e)
+                .to_ascii_lowercase()
+                .contains("continuation")
+        {
+            tracing::warn!(error = %e, "continuation token refused");
+            return StoreError::input(
+                "continuation",
+                "is not a continuation token of this query (use the `continuation` of the previous page, unchanged)",
+            );
+        }
+        if failure.status == 400 && (failure.from_wire || failure.sub_status.is_none()) {
+            return StoreError::Query(cosmos_message(e));
+        }
+        if failure.status == 404 && failure.from_wire {
+            return self.container_missing();
+        }
+        map_error(e, "query")
+    }
+
+    /// Cosmos refusals the client can act on keep their status; the rest as [`map_error`].
+    fn map_write_error(&self, e: &CosmosError, operation: &'static str) -> StoreError {
+        let status = e.status();
+        let code = u16::from(status.status_code());
+        if e.is_from_wire() && matches!(code, 400 | 409 | 412 | 413) {
+            tracing::warn!(operation, error = %e, "Cosmos DB refused the write");
+            return StoreError::Refused {
+                status: code,
+                message: cosmos_message(e),
+            };
+        }
+        if status.is_not_found() && e.is_from_wire() {
+            return self.container_missing();
+        }
+        map_error(e, operation)
+    }
+
+    /// Creates the database and the container (partition key `pk_path`) when missing. For the
+    /// seeding command and tests; the handler itself never creates resources.
+    ///
+    /// # Errors
+    /// `Unavailable` when Cosmos cannot be reached or refuses.
+    pub async fn ensure_container(&self, pk_path: &str) -> Result<(), StoreError> {
+        use azure_data_cosmos::models::ContainerProperties;
+        let client = self.client().await?;
+        if let Err(e) = client
+            .create_database(self.settings.database.as_str(), None)
+            .await
+            && !e.status().is_conflict()
+        {
+            return Err(map_error(&e, "create database"));
+        }
+        let db = client.database_client(self.settings.database.as_str());
+        let properties =
+            ContainerProperties::new(self.settings.container.clone(), pk_path.to_string().into());
+        if let Err(e) = db.create_container(properties, None).await
+            && !e.status().is_conflict()
+        {
+            return Err(map_error(&e, "create container"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    fn token(json: &str) -> String {
+        format!(
+            "c1.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    #[test]
+    fn only_a_drained_pipeline_ends_the_paging() {
+        let drained = token(r#"{"op":"Query","rid":"r","root":{"kind":"drained"}}"#);
+        assert_eq!(next_page_token(&drained), None);
+        let ordered = token(
+            r#"{"op":"Query","rid":"r","root":{"kind":"sequential_drain","left_most_undrained_epk":"05C1"}}"#,
+        );
+        assert_eq!(next_page_token(&ordered).as_deref(), Some(ordered.as_str()));
+        // An opaque server token, or a c1 token that does not decode, means "more".
+        assert!(next_page_token("+RID:~abc#RT:1").is_some());
+        assert!(next_page_token("c1.@@@").is_some());
+    }
+}
