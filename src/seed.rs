@@ -18,8 +18,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value, json};
 
-use crate::error::AppError;
-use crate::store::{CosmosStore, PkValue, Store};
+use crate::store::{CosmosStore, PkValue, Store, StoreError};
+
+/// Why a load stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The partition-key path is not a top-level field such as `/state`.
+    #[error("partition key path {0:?} is not a top-level path such as /state")]
+    PartitionKeyPath(String),
+    /// Document `index` (0-based, in input order) cannot be written: `problem` says why.
+    #[error("document {index}: {problem}")]
+    Document {
+        /// Position in the input.
+        index: usize,
+        /// What is missing or wrong.
+        problem: String,
+    },
+    /// Cosmos DB refused or could not be reached.
+    #[error("Cosmos DB: {0}")]
+    Store(#[from] StoreError),
+}
 
 /// The partition-key path of the cities container.
 pub const PARTITION_KEY_PATH: &str = "/state";
@@ -196,7 +214,7 @@ pub async fn load(
     store: &CosmosStore,
     docs: Vec<Value>,
     progress: impl Fn(usize, usize) + Sync,
-) -> Result<usize, AppError> {
+) -> Result<usize, SeedError> {
     load_with_partition_key(store, docs, PARTITION_KEY_PATH, progress).await
 }
 
@@ -210,12 +228,9 @@ pub async fn load_with_partition_key(
     docs: Vec<Value>,
     pk_path: &str,
     progress: impl Fn(usize, usize) + Sync,
-) -> Result<usize, AppError> {
+) -> Result<usize, SeedError> {
     let Some(pk_field) = pk_path.strip_prefix('/').filter(|f| !f.contains('/')) else {
-        return Err(AppError::bad_request(
-            "partitionKey",
-            "must be a top-level path such as /state",
-        ));
+        return Err(SeedError::PartitionKeyPath(pk_path.to_string()));
     };
     store.ensure_container(pk_path).await?;
     let total = docs.len();
@@ -225,25 +240,26 @@ pub async fn load_with_partition_key(
             let done = &done;
             let progress = &progress;
             async move {
+                let problem = |problem: String| SeedError::Document { index: i, problem };
                 let object: &Map<String, Value> = doc
                     .as_object()
-                    .ok_or_else(|| AppError::bad_request(format!("[{i}]"), "not an object"))?;
+                    .ok_or_else(|| problem("is not a JSON object".into()))?;
                 let id = object
                     .get("id")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| AppError::bad_request(format!("[{i}].id"), "is required"))?;
+                    .ok_or_else(|| problem("has no string id".into()))?;
                 let pk = object
                     .get(pk_field)
                     .and_then(PkValue::from_json)
                     .ok_or_else(|| {
-                        AppError::bad_request(format!("[{i}].{pk_field}"), "is required")
+                        problem(format!("has no string, number or boolean {pk_field}"))
                     })?;
                 store.upsert(&pk, id, doc).await?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_multiple_of(100) || n == total {
                     progress(n, total);
                 }
-                Ok::<(), AppError>(())
+                Ok::<(), SeedError>(())
             }
         })
         .buffer_unordered(CONCURRENCY)
