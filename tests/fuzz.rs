@@ -26,8 +26,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::Request;
 use cosmos_cache_handler::config::Settings;
-use cosmos_cache_handler::error::AppError;
-use cosmos_cache_handler::store::{PkValue, QueryPage, QuerySpec, Store};
+use cosmos_cache_handler::store::{PkValue, QueryPage, QuerySpec, Store, StoreError};
 use http_body_util::BodyExt;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -47,11 +46,11 @@ struct RecordingStore {
 
 #[async_trait]
 impl Store for RecordingStore {
-    async fn partition_key_path(&self) -> Result<String, AppError> {
+    async fn partition_key_path(&self) -> Result<String, StoreError> {
         Ok("/state".into())
     }
 
-    async fn query(&self, _spec: &QuerySpec) -> Result<QueryPage, AppError> {
+    async fn query(&self, _spec: &QuerySpec) -> Result<QueryPage, StoreError> {
         self.queries.fetch_add(1, Ordering::SeqCst);
         Ok(QueryPage {
             items: vec![json!({"id": "a", "state": "Texas"})],
@@ -60,12 +59,12 @@ impl Store for RecordingStore {
         })
     }
 
-    async fn upsert(&self, _pk: &PkValue, _id: &str, _doc: &Value) -> Result<f64, AppError> {
+    async fn upsert(&self, _pk: &PkValue, _id: &str, _doc: &Value) -> Result<f64, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(1.0)
     }
 
-    async fn delete(&self, _pk: &PkValue, _id: &str) -> Result<f64, AppError> {
+    async fn delete(&self, _pk: &PkValue, _id: &str) -> Result<f64, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(1.0)
     }
@@ -705,7 +704,9 @@ fn get_query_valid() -> impl Strategy<Value = Vec<(String, String)>> {
     (
         btree_map(ident(), text(), 0..4),
         prop::option::of(max_item_count_ok()),
-        prop::option::of(text()),
+        // Only an empty continuation (= none) is valid without a page 1 to take it from: the
+        // handler's tokens are bound to their query (`continuation_token_not_issued` below).
+        prop::option::of(Just(String::new())),
         prop::option::of(text().prop_filter("too long", |s| s.len() <= 2048)),
         prop::option::of(text()),
     )
@@ -801,6 +802,29 @@ fn query_get_case() -> impl Strategy<Value = (Client, Expect)> {
         }),
         1 => (get_query_valid(), prop::sample::select(vec!["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO"]))
             .prop_map(|(q, m)| (Client::new("query", m).with_query(q), not_allowed())),
+        // A continuation token the handler did not issue for this query.
+        1 => (get_query_valid(), continuation_token_not_issued()).prop_map(move |(mut q, t)| {
+            q.retain(|(k, _)| k != "continuation");
+            q.push(("continuation".into(), t));
+            (client(q), bad("continuation"))
+        }),
+    ]
+}
+
+/// Non-empty tokens that no page of these queries handed out: garbage, the SDK's own token
+/// forms, and the handler's `b1.` form with a wrong or malformed binding.
+fn continuation_token_not_issued() -> impl Strategy<Value = String> {
+    prop_oneof![
+        text().prop_filter("empty", |s| !s.is_empty()),
+        prop::sample::select(vec![
+            "garbage",
+            "c1.eyJvcCI6IlF1ZXJ5In0",
+            "+RID:~abc#RT:1",
+            "b1.",
+            "b1.00000000000000000000000000000000.c1.x",
+            "b1.zz.c1.x",
+        ])
+        .prop_map(str::to_string),
     ]
 }
 
@@ -825,9 +849,8 @@ fn query_body_valid() -> impl Strategy<Value = Map<String, Value>> {
         ))),
         prop::option::of(prop::option::of(pk_value())),
         prop::option::of(prop::option::of(page_size())),
-        prop::option::of(prop::option::of(
-            text().prop_filter("empty", |s| !s.is_empty()),
-        )),
+        // Absent or null only: a token must come from a previous page (see the GET case).
+        prop::option::of(Just(None::<String>)),
     )
         .prop_map(|(query, params, pk, max, cont)| {
             let mut o = Map::new();
@@ -962,6 +985,9 @@ fn query_post_case() -> impl Strategy<Value = (Client, Expect)> {
                 o.insert("partitionKey".into(), json!(RAW));
                 (post(splice(&Value::Object(o), raw)), Expect::Ok { writes: 0 })
             }),
+        // A continuation token not issued for this query.
+        1 => (query_body_valid(), continuation_token_not_issued())
+            .prop_map(move |(mut o, t)| { o.insert("continuation".into(), json!(t)); (post(obj(o)), bad("continuation")) }),
         // `continuation` empty or not a string.
         1 => (query_body_valid(), prop_oneof![Just(json!("")), non_string().prop_filter("null", |v| !v.is_null())])
             .prop_map(move |(mut o, c)| { o.insert("continuation".into(), c); (post(obj(o)), bad("continuation")) }),
