@@ -242,6 +242,12 @@ pub fn spec_from_body(body: &[u8]) -> Result<QuerySpec, AppError> {
     let parameters = parse_parameters(&object)?;
     let partition_key = match object.get("partitionKey") {
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() > MAX_PARTITION_KEY_BYTES => {
+            return Err(AppError::bad_request(
+                "partitionKey",
+                format!("is longer than {MAX_PARTITION_KEY_BYTES} bytes"),
+            ));
+        }
         Some(v) => Some(PkValue::from_json(v).ok_or_else(|| {
             AppError::bad_request("partitionKey", "must be a string, number or boolean")
         })?),
@@ -416,5 +422,10 @@ mod tests {
             "partitionKey"
         );
         assert_eq!(bad(r#"{"query":"SELECT 1","qeury":1}"#), "qeury");
+        let long_key = format!(
+            r#"{{"query":"SELECT 1","partitionKey":"{}"}}"#,
+            "k".repeat(2049)
+        );
+        assert_eq!(bad(&long_key), "partitionKey");
     }
 }
