@@ -5,9 +5,26 @@
 use serde_json::json;
 
 use crate::support::chaos_proxy::{Behaviour, ChaosProxy};
+use crate::support::stack::Reply;
 use crate::support::{Mode, Stack};
 
 both_modes!(cached_pages_survive_a_cosmos_outage_on_a_fresh_instance);
+
+/// Page 2 of `state=Iowa` in pages of 3, following page 1's continuation.
+async fn iowa_page_2(stack: &Stack) -> Reply {
+    let page1 = stack.get("query?state=Iowa&maxItemCount=3").await;
+    assert_eq!(page1.status, 200, "{}", page1.text);
+    let token = page1.json()["continuation"]
+        .as_str()
+        .expect("Iowa has more than 3 cities")
+        .to_string();
+    let token: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    stack
+        .get(&format!(
+            "query?state=Iowa&maxItemCount=3&continuation={token}"
+        ))
+        .await
+}
 
 async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
     // The handler reaches Cosmos through a TCP proxy that can be cut, so that the endpoint
@@ -36,18 +53,7 @@ async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
     assert_eq!((get.status, get.cache()), (200, "miss"), "{}", get.text);
     let post = stack.post("query", &post_body).await;
     assert_eq!((post.status, post.cache()), (200, "miss"), "{}", post.text);
-    let page2 = stack
-        .get(&format!(
-            "query?state=Iowa&maxItemCount=3&continuation={}",
-            url::form_urlencoded::byte_serialize(
-                stack.get("query?state=Iowa&maxItemCount=3").await.json()["continuation"]
-                    .as_str()
-                    .expect("Iowa has more than 3 cities")
-                    .as_bytes()
-            )
-            .collect::<String>()
-        ))
-        .await;
+    let page2 = iowa_page_2(&stack).await;
     assert_eq!(page2.status, 200, "{}", page2.text);
 
     // Cosmos becomes unreachable (connections refused), then a new instance starts.
@@ -59,18 +65,7 @@ async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
     assert_eq!(hit.text, get.text, "the same page");
     let post_hit = stack.post("query", &post_body).await;
     assert_eq!((post_hit.status, post_hit.cache()), (200, "hit"));
-    let page2_hit = stack
-        .get(&format!(
-            "query?state=Iowa&maxItemCount=3&continuation={}",
-            url::form_urlencoded::byte_serialize(
-                stack.get("query?state=Iowa&maxItemCount=3").await.json()["continuation"]
-                    .as_str()
-                    .expect("page 1 from the cache")
-                    .as_bytes()
-            )
-            .collect::<String>()
-        ))
-        .await;
+    let page2_hit = iowa_page_2(&stack).await;
     assert_eq!((page2_hit.status, page2_hit.cache()), (200, "hit"));
     assert_eq!(page2_hit.text, page2.text);
 

@@ -230,6 +230,16 @@ async fn refused_shapes_are_bad_query_with_the_fix(mode: Mode) {
     stack.shutdown().await;
 }
 
+/// Writes one Montana document whose `city` is the raw JSON text `city_json`, bypassing the
+/// handler (so nothing is invalidated) and the SDK (which would not write a lone surrogate).
+async fn write_montana_city(stack: &Stack, city_json: &str) {
+    let document = format!(r#"{{"id":"zz-lone-surrogate","state":"Montana","city":{city_json}}}"#);
+    stack
+        .cosmos
+        .upsert_raw(&stack.database, CONTAINER, "Montana", &document)
+        .await;
+}
+
 async fn undecodable_document_is_named_not_the_token(mode: Mode) {
     let stack = Stack::start(mode).await;
     // Page 1 of Montana (4 cities) with page size 2, taken while every document decodes.
@@ -240,15 +250,7 @@ async fn undecodable_document_is_named_not_the_token(mode: Mode) {
     assert!(token.is_string(), "Montana has more than one page");
     // A JavaScript client writes a lone UTF-16 surrogate, which JSON allows as an escape but
     // serde (cf. serde-rs/json#495) and the SDK cannot decode.
-    stack
-        .cosmos
-        .upsert_raw(
-            &stack.database,
-            CONTAINER,
-            "Montana",
-            r#"{"id":"zz-lone-surrogate","state":"Montana","city":"\ud800"}"#,
-        )
-        .await;
+    write_montana_city(&stack, r#""\ud800""#).await;
     // A write through our own update would have invalidated; this one bypassed the handler,
     // so use a page size not cached yet.
     for (label, body) in [
@@ -278,15 +280,7 @@ async fn undecodable_document_is_named_not_the_token(mode: Mode) {
     assert_eq!(ohio.status, 200, "{}", ohio.text);
     assert!(ohio.json()["count"].as_u64().unwrap_or(0) > 0);
     // Once the document is fixed, the same token works again.
-    stack
-        .cosmos
-        .upsert_raw(
-            &stack.database,
-            CONTAINER,
-            "Montana",
-            r#"{"id":"zz-lone-surrogate","state":"Montana","city":"fixed"}"#,
-        )
-        .await;
+    write_montana_city(&stack, r#""fixed""#).await;
     let body = json!({"query": "SELECT * FROM c", "partitionKey": "Montana", "maxItemCount": 10, "continuation": token});
     let reply = stack.post("query", &body.to_string()).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
