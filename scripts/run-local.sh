@@ -64,17 +64,18 @@ export COSMOS_CONNECTION_STRING=""
 # 4. Build
 echo "== building the handler (release) and the host emulator (the first build takes several minutes)"
 cargo build --release --bin handler --example host_emulator
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 # 5. Data: the 1,000-city CSV committed in data/ (plotly's public us-cities-top-1k, see data/README.md)
 CSV=data/us-cities-top-1k.csv
 echo "== loading $CSV into $COSMOS_DATABASE/$COSMOS_CONTAINER"
-target/release/handler seed --csv "$CSV"
+"$TARGET_DIR/release/handler" seed --csv "$CSV"
 
 # 6. Handler behind the host emulator. Its output goes to the terminal and to .run/host.log,
 # where the handler's own port is read from.
 echo "== starting the host emulator on 127.0.0.1:$HOST_PORT"
 : >"$RUN/host.log"
-target/release/examples/host_emulator --app-root "$ROOT" --port "$HOST_PORT" --executable "$ROOT/target/release/handler" \
+"$TARGET_DIR/release/examples/host_emulator" --app-root "$ROOT" --port "$HOST_PORT" --executable "$TARGET_DIR/release/handler" \
   > >(tee -a "$RUN/host.log") 2>&1 &
 pids+=($!)
 # The emulator listens once the handler answered its readiness probe. Wait for the port with a
