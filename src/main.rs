@@ -7,6 +7,12 @@ use std::process::ExitCode;
 
 use cosmos_cache_handler::{config, seed, store, telemetry};
 
+/// The static (musl) build, which is what gets published, uses mimalloc: musl's allocator is
+/// slow under the handler's many small, cross-thread allocations.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage:
   handler [serve]                       run the custom handler (port: FUNCTIONS_CUSTOMHANDLER_PORT)
   handler seed --csv FILE               load the City,State,Population,lat,lon CSV
