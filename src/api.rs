@@ -43,7 +43,7 @@ pub struct ApiRequest {
     /// The client's HTTP method.
     pub method: Method,
     /// Decoded query-string pairs in arrival order (the host may have comma-joined
-    /// repeated keys already: spec §4.3, §6).
+    /// repeated keys already: protocol §4.3, §6).
     pub query: Vec<(String, String)>,
     /// The client's request body (empty when absent).
     pub body: Bytes,

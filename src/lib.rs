@@ -74,7 +74,7 @@ pub fn install_crypto_provider() {
 }
 
 /// `extensions.http.routePrefix` from `host.json` in `app_root` (default `api` when the file
-/// or the key is absent; spec §2.1).
+/// or the key is absent; protocol §2.1).
 pub fn route_prefix(app_root: &std::path::Path) -> String {
     std::fs::read_to_string(app_root.join("host.json"))
         .ok()

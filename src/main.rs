@@ -1,10 +1,17 @@
 //! The `handler` binary: `handler` (or `handler serve`) runs the custom handler; `handler seed`
 //! loads cities into Cosmos DB. All settings come from environment variables (see README).
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cosmos_cache_handler::{config, seed, store, telemetry};
+
+/// The static (musl) build, which is what gets published, uses mimalloc: musl's allocator is
+/// slow under the handler's many small, cross-thread allocations.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage:
   handler [serve]                       run the custom handler (port: FUNCTIONS_CUSTOMHANDLER_PORT)
@@ -43,7 +50,7 @@ async fn serve() -> ExitCode {
     let settings = match config::Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
-            // stderr: the host logs it as an Error (spec §3.2). The value is never printed.
+            // stderr: the host logs it as an Error (protocol §3.2). The value is never printed.
             eprintln!("configuration error: {e}");
             return ExitCode::FAILURE;
         }
@@ -71,7 +78,7 @@ async fn serve() -> ExitCode {
             tracing::warn!(error = %e, "Cosmos DB not ready at start-up; will retry per request");
         }
     });
-    // The host always calls 127.0.0.1 (spec §2.3).
+    // The host always calls 127.0.0.1 (protocol §2.3).
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -104,10 +111,11 @@ async fn serve() -> ExitCode {
     }
 }
 
-/// Logs the cache counters once a minute while they change (they are also served, live, by
-/// `GET /_diagnostics` on the handler's port).
+/// Logs the cache counters once a minute, when they changed in that minute (they are also
+/// served, live, by `GET /_diagnostics` on the handler's port). Nothing is logged while the
+/// handler is idle, not even the all-zero counters at start.
 async fn log_counters(cache: cosmos_cache_handler::cache::Cache) {
-    let mut last = serde_json::Value::Null;
+    let mut last = cache.stats_json();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     tick.tick().await;
     loop {
@@ -218,11 +226,19 @@ async fn seed_command(args: &[String]) -> ExitCode {
     );
     let store = store::CosmosStore::new(settings, std::time::Duration::from_secs(30));
     let started = std::time::Instant::now();
-    match seed::load(&store, docs, |done, total| {
-        println!("  seeded {done}/{total}")
+    // One progress line: rewritten in place on a terminal, left out of logs and pipes.
+    let terminal = std::io::stdout().is_terminal();
+    let loaded = seed::load(&store, docs, |done, total| {
+        if terminal {
+            print!("\r  seeded {done}/{total}");
+            let _ = std::io::stdout().flush();
+        }
     })
-    .await
-    {
+    .await;
+    if terminal {
+        println!();
+    }
+    match loaded {
         Ok(n) => {
             println!(
                 "seeded {n} documents in {:.1}s",

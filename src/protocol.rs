@@ -1,6 +1,6 @@
 //! The custom handler protocol: two thin wire adapters onto one [`ApiRequest`]/[`ApiResponse`].
-//! References are to `custom-handler.md` (the protocol spec reconstructed from the Functions
-//! host's code and tests).
+//! "§" references are to `docs/custom-handler-protocol.md` (what the handler relies on from the
+//! Functions host).
 //!
 //! - **Invocation payload** (§4, §5): `POST /{FunctionName}` with `{"Data":{"req":{...}},
 //!   "Metadata":{...}}`, answered `200 application/json` `{"Outputs":{"res":{"statusCode":"200",

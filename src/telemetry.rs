@@ -1,6 +1,6 @@
 //! Logging with `tracing-subscriber`, shaped for the Functions host, which turns each stdout line
 //! into an Information log and each stderr line into an Error, or a Warning when the line
-//! contains "warn" (spec §3.2). So INFO and below go to stdout, WARN and ERROR to stderr: every
+//! contains "warn" (protocol §3.2). So INFO and below go to stdout, WARN and ERROR to stderr: every
 //! WARN line carries the word `WARN` (text) or `"level":"WARN"` (JSON) and shows as a Warning in
 //! Application Insights, and ERROR lines show as Errors.
 

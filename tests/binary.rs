@@ -35,7 +35,7 @@ fn ready_before_redis_and_cosmos_then_graceful_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start handler");
-    // Poll GET / as the host does (spec §3.3), within the host's 30 s budget.
+    // Poll GET / as the host does (protocol §3.3), within the host's 30 s budget.
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         match reqwest::blocking_get(port) {

@@ -1,5 +1,5 @@
 //! The deployment files: `host.json` and both `function.json` files validate against the
-//! public SchemaStore schemas (copies in `../shared/spec/schemas/`), and agree with the binary.
+//! public SchemaStore schemas (copies in `tests/schemas/`, see its README), and agree with the binary.
 
 use std::path::PathBuf;
 
@@ -15,7 +15,7 @@ fn load(path: PathBuf) -> Value {
 }
 
 fn schema(name: &str) -> Value {
-    load(repo("../shared/spec/schemas").join(name))
+    load(repo("tests/schemas").join(name))
 }
 
 fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
@@ -59,7 +59,7 @@ fn function_json_files_are_valid() {
         assert_eq!(
             bindings.len(),
             2,
-            "HTTP in + HTTP out qualifies for forwarding (spec §1)"
+            "HTTP in + HTTP out qualifies for forwarding (protocol §1)"
         );
         assert_eq!(
             bindings[0]["name"],

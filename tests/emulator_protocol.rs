@@ -1,8 +1,9 @@
 //! Tests of the Functions host emulator (`tests/support/host_emulator.rs`) itself.
 //!
-//! The pure translation functions are checked against the protocol vectors in
-//! `/work/shared/spec/vectors/` (read at test time; every expected value comes from a vector
-//! file, placeholders such as `{PORT}` are filled in or matched as wildcards). One end-to-end
+//! The pure translation functions are checked against the protocol cases in `tests/protocol/`
+//! (read at test time; every expected value comes from a case file, placeholders such as
+//! `{PORT}` are filled in or matched as wildcards). `docs/custom-handler-protocol.md` describes
+//! the protocol they capture. One end-to-end
 //! test starts a small Python echo handler through the emulator in both wire modes.
 
 // Only the emulator module: the other support modules (Redis/Cosmos control) are not needed here.
@@ -26,21 +27,13 @@ use serde_json::{Value, json};
 // Helpers
 // ------------------------------------------------------------------------------------------
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/vectors");
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/protocol");
 
-/// Loads the vector whose file name starts with `<id>_`.
-fn vector(id: &str) -> Value {
-    let prefix = format!("{id}_");
-    let dir = std::fs::read_dir(VECTORS).expect("vectors directory is readable");
-    for entry in dir {
-        let entry = entry.expect("directory entry");
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(".json") {
-            let text = std::fs::read_to_string(entry.path()).expect("vector file is readable");
-            return serde_json::from_str(&text).expect("vector file is JSON");
-        }
-    }
-    panic!("no vector {id}_*.json in {VECTORS}");
+/// Loads the protocol case `tests/protocol/<name>.json` (see `docs/custom-handler-protocol.md`).
+fn vector(name: &str) -> Value {
+    let path = format!("{CASES}/{name}.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Replaces `{NAME}` placeholders.
@@ -86,7 +79,7 @@ fn matches_template(actual: &str, template: &str) -> bool {
     !middle.is_empty()
 }
 
-/// Drops the vectors' " (inferred)"-style annotations from expected values.
+/// Drops a trailing " (...)" remark from an expected value.
 fn strip_annotation(text: &str) -> &str {
     match text.find(" (") {
         Some(pos) if text.ends_with(')') => &text[..pos],
@@ -182,7 +175,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| v.to_str().expect("ASCII header").to_string())
 }
 
-/// Checks the invocation envelope headers of a vector (`host_request.headers`).
+/// Checks the invocation envelope headers of a case (`host_request.headers`).
 fn assert_envelope(expected: &Value, req: &emu::HandlerRequest, ctx: &InvocationContext) {
     let port = req.port.to_string();
     for (name, value) in expected.as_object().expect("headers object") {
@@ -238,8 +231,8 @@ fn assert_client_response(expected: &Value, actual: &emu::ClientResponse, id: &s
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn v02_payload_request_matches_host_unit_test() {
-    let v = vector("02");
+fn payload_request_matches_host_unit_test() {
+    let v = vector("payload-request-and-result");
     let host_request = &v["host_request"];
     let data = host_request["json_body"]["Data"]
         .as_object()
@@ -275,11 +268,11 @@ fn v02_payload_request_matches_host_unit_test() {
             "Data.{trigger_name}.{field}"
         );
     }
-    // Vector note: Params is absent only because the unit test sets no route data; a live
+    // Params is absent only because the unit test sets no route data; a live
     // host always sends it.
     assert_eq!(actual_req["Params"], json!({}));
 
-    // Metadata: Query/Headers plus one double-encoded entry per query parameter (the vector's
+    // Metadata: Query/Headers plus one double-encoded entry per query parameter (the case's
     // rule: Metadata[key] == JsonConvert.SerializeObject(value)), and sys.
     let metadata = &payload["Metadata"];
     assert_eq!(metadata["Query"], expected_req["Query"]);
@@ -312,8 +305,8 @@ fn v02_payload_request_matches_host_unit_test() {
 }
 
 #[test]
-fn v02_payload_response_res_201_and_logs() {
-    let v = vector("02");
+fn payload_response_res_201_and_logs() {
+    let v = vector("payload-request-and-result");
     let f = function("testFunctionName", "testInputReq", "res", &["get"]);
     let outcome = emu::payload_outcome(&f, &handler_response(&v["handler_response"]));
     assert_eq!(outcome.failure, None);
@@ -334,8 +327,8 @@ fn v02_payload_response_res_201_and_logs() {
 }
 
 #[test]
-fn v06_non_2xx_fails_the_invocation() {
-    let v = vector("06");
+fn non_2xx_fails_the_invocation() {
+    let v = vector("payload-non-2xx-fails-the-invocation");
     let f = function("fn", "req", "res", &["get"]);
     let outcome = emu::payload_outcome(&f, &handler_response(&v["handler_response"]));
     assert!(
@@ -345,7 +338,7 @@ fn v06_non_2xx_fails_the_invocation() {
     assert!(outcome.function_logs.is_empty());
     assert_client_response(&v["expected_http_response"], &outcome.response, "06");
 
-    // Same envelope as vector 02, with placeholders for port and function name.
+    // Same envelope as case payload-request-and-result, with placeholders for port and function name.
     let ctx = fixed_context();
     let req = client_request(
         "GET",
@@ -364,16 +357,17 @@ fn v06_non_2xx_fails_the_invocation() {
 }
 
 #[test]
-fn v08a_malformed_json_fails_with_host_message() {
-    let v = vector("08a");
+fn malformed_json_fails_with_host_message() {
+    let v = vector("payload-result-not-json");
     let f = function("fn", "req", "res", &["get"]);
     let outcome = emu::payload_outcome(&f, &handler_response(&v["handler_response"]));
     let failure = outcome.failure.expect("invalid JSON must fail");
-    // The vector lists the message parts in single quotes.
-    let state = v["expected_host_state"].as_str().expect("state text");
-    let parts: Vec<&str> = state.split('\'').skip(1).step_by(2).collect();
+    let parts = v["expected_host_state"]["message_contains"]
+        .as_array()
+        .expect("message_contains");
     assert!(!parts.is_empty());
     for part in parts {
+        let part = part.as_str().expect("text");
         assert!(
             failure.contains(part),
             "{failure:?} should contain {part:?}"
@@ -383,29 +377,26 @@ fn v08a_malformed_json_fails_with_host_message() {
 }
 
 #[test]
-fn v08b_wrong_content_type_fails() {
-    let v = vector("08b");
+fn wrong_content_type_fails() {
+    let v = vector("payload-result-wrong-content-type");
     let f = function("fn", "req", "res", &["get"]);
     let outcome = emu::payload_outcome(&f, &handler_response(&v["handler_response"]));
     let failure = outcome.failure.expect("text/plain must fail");
-    let state = v["expected_host_state"].as_str().expect("state text");
-    let exception = state
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
-        .find(|w| w.ends_with("MediaTypeException"))
-        .expect("exception named in the vector");
+    let exception = v["expected_host_state"]["message_contains"][0]
+        .as_str()
+        .expect("the exception the host names");
     assert!(failure.contains(exception), "{failure:?}");
     assert_client_response(&v["expected_http_response"], &outcome.response, "08b");
 
-    // The vector's note: a missing Content-Type fails the same way.
+    // A missing Content-Type fails the same way.
     let mut resp = handler_response(&v["handler_response"]);
     resp.headers.clear();
     assert!(emu::payload_outcome(&f, &resp).failure.is_some());
 }
 
 #[test]
-fn v09_json_without_invocation_shape_succeeds() {
-    let v = vector("09");
+fn json_without_invocation_shape_succeeds() {
+    let v = vector("payload-result-without-envelope-keys");
     let resp = handler_response(&v["handler_response"]);
     let result = emu::parse_invocation_result(&resp).expect("unknown keys are ignored");
     let expected = &v["expected_host_state"];
@@ -415,7 +406,7 @@ fn v09_json_without_invocation_shape_succeeds() {
     );
     assert_eq!(result.return_value.to_value(), expected["Return"]);
     assert!(result.logs.is_empty());
-    // The vector's function is queue-style (no http output).
+    // The case's function is queue-style (no http output).
     let queue = emu::parse_function_json(
         "q",
         r#"{"bindings":[{"type":"queueTrigger","direction":"in","name":"queue"}]}"#,
@@ -425,10 +416,18 @@ fn v09_json_without_invocation_shape_succeeds() {
 }
 
 #[test]
-fn v10_res_normalization() {
+fn res_normalization() {
     let f = function("fn", "req", "res", &["get"]);
     for id in [
-        "10a", "10b", "10c", "10d", "10e", "10f", "10g", "10h", "10i",
+        "res-status-only",
+        "res-empty-object",
+        "res-body-only",
+        "res-body-and-status",
+        "res-body-status-headers",
+        "res-not-an-object",
+        "res-status-alias-ignored",
+        "res-numeric-status-and-json-body",
+        "res-missing",
     ] {
         let v = vector(id);
         let outcome = emu::payload_outcome(&f, &handler_response(&v["handler_response"]));
@@ -443,8 +442,8 @@ fn v10_res_normalization() {
 }
 
 #[test]
-fn v11_octet_stream_body_is_base64() {
-    let v = vector("11");
+fn octet_stream_body_is_base64() {
+    let v = vector("octet-stream-body-is-base64");
     let client = &v["client_request"];
     let body = hex(client["body_hex"].as_str().expect("hex"));
     let url = fill(
@@ -493,8 +492,8 @@ fn v11_octet_stream_body_is_base64() {
 }
 
 #[test]
-fn v12_other_binary_media_type_is_lossy_text() {
-    let v = vector("12");
+fn other_binary_media_type_is_lossy_text() {
+    let v = vector("other-binary-body-is-lossy-text");
     let client = &v["client_request"];
     let req = client_request(
         client["method"].as_str().expect("method"),
@@ -524,8 +523,8 @@ fn hex(text: &str) -> Vec<u8> {
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn v03_forwarding_keeps_path_prefix_and_code() {
-    let v = vector("03");
+fn forwarding_keeps_path_prefix_and_code() {
+    let v = vector("forwarding-keeps-path-and-query");
     let key = "k3y_VALUE-1.~";
     let client = &v["client_request"];
     let url = fill(
@@ -560,7 +559,7 @@ fn v03_forwarding_keeps_path_prefix_and_code() {
         let fwd = emu::build_forward_request(handler_port, &req, &ctx);
         assert_eq!(fwd.method.as_str(), host_request["method"]);
         assert_eq!(fwd.url(), expected_url);
-        assert!(fwd.body.is_empty(), "vector body is null");
+        assert!(fwd.body.is_empty(), "the case's body is null");
         assert!(!fwd.chunked);
         for (name, value) in host_request["headers"].as_object().expect("headers") {
             if name == "..." || name == "User-Agent" {
@@ -604,8 +603,8 @@ fn v03_forwarding_keeps_path_prefix_and_code() {
 }
 
 #[test]
-fn v05_forwarding_passes_non_2xx_through() {
-    let v = vector("05");
+fn forwarding_passes_non_2xx_through() {
+    let v = vector("forwarding-non-2xx-passes-through");
     let req = client_request(
         "GET",
         "http://localhost:7071/api/things?b=2&a=1",
@@ -628,7 +627,7 @@ fn v05_forwarding_passes_non_2xx_through() {
 
 #[test]
 fn forwarding_rebuilds_query_and_filters_headers() {
-    // Spec §6 (vector 04 is described there, its file is not shipped): repeated keys are
+    // Protocol §6: repeated keys are
     // comma-joined and re-encoded; hop-by-hop and body headers without a body are dropped.
     let mut headers = HeaderMap::new();
     headers.insert("connection", HeaderValue::from_static("keep-alive"));
@@ -684,12 +683,12 @@ fn forwarding_rebuilds_query_and_filters_headers() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Readiness (§3.3) and path selection (vector 23)
+// Readiness (§3.3) and path selection (case handler-path-selection)
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn v21_readiness_probe_shape_and_schedule() {
-    let v = vector("21");
+fn readiness_probe_shape_and_schedule() {
+    let v = vector("readiness-probe");
     let probe = &v["host_request"];
     let req = emu::readiness_probe_request(8555);
     assert_eq!(req.method.as_str(), probe["method"]);
@@ -701,22 +700,16 @@ fn v21_readiness_probe_shape_and_schedule() {
         )
     );
     assert!(req.body.is_empty() && probe["body"].is_null());
-    let schedule = probe["schedule"].as_str().expect("schedule");
-    let words: Vec<&str> = schedule.split_whitespace().collect();
-    let ms_index = words
-        .iter()
-        .position(|w| *w == "ms")
-        .expect("'N ms' in schedule");
-    let interval: u64 = words[ms_index - 1].parse().expect("interval number");
+    let interval = probe["poll_interval_ms"]
+        .as_u64()
+        .expect("poll_interval_ms");
     assert_eq!(
         emu::READINESS_POLL_INTERVAL,
         Duration::from_millis(interval)
     );
-    let default_timeout = schedule
-        .split("(default ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("(default hh:mm:ss)");
+    let default_timeout = probe["initialization_timeout_default"]
+        .as_str()
+        .expect("initialization_timeout_default");
     assert_eq!(
         Some(emu::DEFAULT_INITIALIZATION_TIMEOUT),
         emu::parse_timespan(default_timeout)
@@ -724,8 +717,8 @@ fn v21_readiness_probe_shape_and_schedule() {
 }
 
 #[test]
-fn v23_path_selection_matrix() {
-    let v = vector("23");
+fn path_selection_matrix() {
+    let v = vector("handler-path-selection");
     let function_name = "someFuntionName";
     for case in v["cases"].as_array().expect("cases") {
         let section = case["section"].as_str().expect("section");
@@ -785,7 +778,7 @@ fn v23_path_selection_matrix() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Configuration and routing (spec §1, §2, §8)
+// Configuration and routing (protocol §1, §2, §8)
 // ------------------------------------------------------------------------------------------
 
 #[test]

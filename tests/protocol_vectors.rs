@@ -1,5 +1,5 @@
 //! The handler's side of the custom handler protocol, checked against the request/response
-//! pairs in `../shared/spec/vectors/` (reconstructed from the Functions host's code and tests).
+//! cases in `tests/protocol/` (see `docs/custom-handler-protocol.md`).
 
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
@@ -8,19 +8,16 @@ use cosmos_cache_handler::protocol::{invocation_result, parse_invocation};
 use serde_json::Value;
 
 fn vector(name: &str) -> Value {
-    let path = format!(
-        "{}/../shared/spec/vectors/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/protocol/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Vector 02: the host's HTTP-trigger invocation payload (its trigger is named `testInputReq`,
+/// Case payload-request-and-result: the host's HTTP-trigger invocation payload (its trigger is named `testInputReq`,
 /// Metadata values are double-encoded). We read method, decoded query and the body text.
 #[test]
 fn reads_the_hosts_invocation_payload() {
-    let v = vector("02_host_test_http_trigger_as_invocation_payload");
+    let v = vector("payload-request-and-result");
     let body = serde_json::to_vec(&v["host_request"]["json_body"]).expect("JSON");
     let req = parse_invocation(Function::Query, &body, Some("id-1".into())).expect("parses");
     let sent = &v["host_request"]["json_body"]["Data"]["testInputReq"];
@@ -45,11 +42,11 @@ fn reads_the_hosts_invocation_payload() {
     assert_eq!(req.invocation_id.as_deref(), Some("id-1"));
 }
 
-/// Vectors 02 and 10e: what the host accepts as `Outputs.res` (§5.4): `statusCode` as a
+/// Cases payload-request-and-result and res-body-status-headers: what the host accepts as `Outputs.res` (§5.4): `statusCode` as a
 /// string, `headers` as name → string, `body` as text; `Logs` strings; `ReturnValue` null.
 #[test]
 fn answers_in_the_shape_the_host_reads() {
-    let reference = vector("02_host_test_http_trigger_as_invocation_payload");
+    let reference = vector("payload-request-and-result");
     let reference = &reference["handler_response"]["json_body"];
     let mut response = ApiResponse::json(StatusCode::CREATED, Bytes::from_static(b"{\"a\":1}"));
     response.cache = Some(CacheOutcome::Miss);
@@ -74,7 +71,7 @@ fn answers_in_the_shape_the_host_reads() {
         res["body"], "{\"a\":1}",
         "already-serialized text, written verbatim"
     );
-    let header_vector = vector("10e_res_body_status_headers");
+    let header_vector = vector("res-body-status-headers");
     let expected_headers =
         &header_vector["handler_response"]["json_body"]["Outputs"]["res"]["headers"];
     assert!(
@@ -99,11 +96,11 @@ fn answers_in_the_shape_the_host_reads() {
     assert!(ours["ReturnValue"].is_null());
 }
 
-/// Vector 06: a non-2xx answer fails the invocation, so only an envelope we cannot read gets
+/// Case payload-non-2xx-fails-the-invocation: a non-2xx answer fails the invocation, so only an envelope we cannot read gets
 /// one; a client error travels inside `res` with a 2xx envelope (see tests/api/bad_input.rs).
 #[test]
 fn unreadable_invocations_are_errors() {
-    let v = vector("06_invocation_payload_non_2xx_is_failure");
+    let v = vector("payload-non-2xx-fails-the-invocation");
     assert_eq!(v["handler_response"]["status"], 400);
     for body in [
         &b"Hello World"[..],

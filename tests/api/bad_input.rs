@@ -62,7 +62,7 @@ async fn bad_requests_name_the_field(mode: Mode) {
     stack.shutdown().await;
 }
 
-/// A body that is not an invocation payload fails the invocation: non-2xx (spec §5.1).
+/// A body that is not an invocation payload fails the invocation: non-2xx (protocol §5.1).
 #[tokio::test]
 async fn malformed_invocation_payload_is_non_2xx() {
     let stack = Stack::start_with(Mode::Payload, false, &[]).await;

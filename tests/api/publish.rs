@@ -98,6 +98,9 @@ fn build_package(dir: &ScratchDir) -> (PathBuf, String) {
         .arg(&zip)
         // Fast deflate: the debug binary is large; the level changes nothing that is checked.
         .env("ZIP_LEVEL", "1")
+        // The test binary is linked against this machine's glibc; the published one is static
+        // (checked by scripts/check-debian-images.sh in CI). Only the packaging is tested here.
+        .env("MAX_GLIBC", "2.99")
         .output()
         .expect("run scripts/publish-package.sh");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -236,4 +239,34 @@ async fn package_has_the_app_files_and_an_executable_handler_that_serves_queries
         assert_eq!(second.text, first.text, "{mode:?}");
         stack.shutdown().await;
     }
+}
+
+/// The test binary is linked against this machine's glibc (2.36, Debian 12): by default the
+/// script refuses it, since the Debian 11 based Functions images have glibc 2.31.
+#[test]
+fn package_refuses_a_binary_that_needs_a_newer_glibc_than_debian_11() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = ScratchDir::new("publish-glibc");
+    let output = Command::new("bash")
+        .arg(root.join("scripts/publish-package.sh"))
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_handler"))
+        .arg("--out")
+        .arg(dir.join("functionapp.zip"))
+        .env_remove("MAX_GLIBC")
+        .output()
+        .expect("run scripts/publish-package.sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a glibc-2.34 binary must be refused"
+    );
+    assert!(
+        stderr.contains("newer than MAX_GLIBC=2.31"),
+        "the reason is given:\n{stderr}"
+    );
+    assert!(
+        !dir.join("functionapp.zip").exists(),
+        "no package is written"
+    );
 }

@@ -1,9 +1,9 @@
 //! Azure Functions host emulator for custom handlers (test support, not product code).
 //!
-//! Azure Functions Core Tools (`func start`) cannot run on this machine, so this module plays
-//! the part of the Functions host for one custom-handler app, following the protocol spec
-//! `/work/shared/spec/custom-handler.md` ("§" references below point into it) and the vectors in
-//! `/work/shared/spec/vectors/`.
+//! This module plays the part of the Functions host (what `func start` or Azure runs) for one
+//! custom-handler app, so the tests need no Core Tools. It follows
+//! `docs/custom-handler-protocol.md` ("§" references below point into it) and is checked
+//! against the cases in `tests/protocol/`.
 //!
 //! What it does (see [`HostEmulator::start`]):
 //!
@@ -22,7 +22,7 @@
 //! The translation steps are exposed as pure functions ([`build_invocation_payload`],
 //! [`build_invocation_request`], [`payload_outcome`], [`build_forward_request`],
 //! [`forward_response_to_client`], [`handler_path_value`], [`handler_uri`],
-//! [`readiness_probe_request`]) so they can be checked against the vectors without a process.
+//! [`readiness_probe_request`]) so they can be checked against the cases in `tests/protocol/` without a process.
 //!
 //! Deliberate choices and known gaps versus the real host are listed on [`HostEmulator`].
 
@@ -58,11 +58,11 @@ use tokio::sync::{oneshot, watch};
 // ---------------------------------------------------------------------------------------------
 
 /// Host version the emulator claims in `User-Agent: Azure-Functions-Host/{v}` and
-/// `X-Azure-Functions-HostVersion` (§4.1). The host release the spec was written against is
+/// `X-Azure-Functions-HostVersion` (§4.1). The host release docs/custom-handler-protocol.md describes is
 /// 4.1037.0; the fourth component is a placeholder.
 pub const HOST_VERSION: &str = "4.1037.0.0";
 
-/// Readiness probe interval: `GET /` every 25 ms (§3.3, vector 21).
+/// Readiness probe interval: `GET /` every 25 ms (§3.3, case readiness-probe).
 pub const READINESS_POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// Default readiness budget, `customHandler.initializationTimeout` = `00:00:30` (§3.3).
@@ -486,7 +486,7 @@ impl HostConfig {
 ///
 /// Errors: invalid JSON; no `customHandler` section (a legacy `httpWorker`-only file is
 /// rejected: the emulator does not implement its always-forward-to-`/{FunctionName}` mode,
-/// §1/vector 23); missing `description` ("Missing worker Description."); values of the wrong
+/// §1/case handler-path-selection); missing `description` ("Missing worker Description."); values of the wrong
 /// type; features the emulator does not implement (`enableProxyingHttpRequest: true`,
 /// `http.routes`, `configurationProfile`).
 pub fn parse_host_json(
@@ -524,7 +524,7 @@ pub fn parse_host_json(
             return Err(config_err(
                 "host.json uses the legacy 'httpWorker' section; the emulator only supports \
                  'customHandler' (legacy mode forwards HTTP-only functions to /{FunctionName}, \
-                 spec §1 and vector 23) - rename the section to 'customHandler'",
+                 docs/custom-handler-protocol.md §1) - rename the section to 'customHandler'",
             ));
         }
         (None, None) => {
@@ -1481,7 +1481,7 @@ impl ClientResponse {
     }
 }
 
-/// The `GET /` readiness probe (§3.3, vector 21).
+/// The `GET /` readiness probe (§3.3, case readiness-probe).
 pub fn readiness_probe_request(port: u16) -> HandlerRequest {
     let mut headers = HeaderMap::new();
     if let Ok(host) = HeaderValue::from_str(&format!("127.0.0.1:{port}")) {
@@ -1497,7 +1497,7 @@ pub fn readiness_probe_request(port: u16) -> HandlerRequest {
     }
 }
 
-/// The path value the host calls the handler on (`DefaultHttpWorkerService`, vector 23):
+/// The path value the host calls the handler on (`DefaultHttpWorkerService`, case handler-path-selection):
 /// payload mode → the function name (no leading slash, as `BuildAndGetUri` receives it);
 /// forwarding → the incoming absolute path (`/` when empty).
 pub fn handler_path_value(mode: WireMode, function_name: &str, incoming_path: &str) -> String {
@@ -1513,7 +1513,7 @@ pub fn handler_path_value(mode: WireMode, function_name: &str, incoming_path: &s
     }
 }
 
-/// `BuildAndGetUri`: `http://127.0.0.1:{port}/` + path value (vector 23 `uri_examples`).
+/// `BuildAndGetUri`: `http://127.0.0.1:{port}/` + path value (case handler-path-selection `uri_examples`).
 pub fn handler_uri(port: u16, path_value: &str) -> String {
     format!(
         "http://127.0.0.1:{port}/{}",
@@ -1541,7 +1541,7 @@ pub fn display_header_name(name: &str) -> String {
 }
 
 /// `Data.<trigger>.Identities` (§4.3). Without a key the host serializes the default
-/// `ClaimsPrincipal` of the request: one unauthenticated identity (vector 02). With a key
+/// `ClaimsPrincipal` of the request: one unauthenticated identity (case payload-request-and-result). With a key
 /// (`x-functions-key` header, else `code` query parameter) the host adds a `WebJobsAuthLevel`
 /// identity; the emulator does not validate keys and reports level `Function` (no `keyid`
 /// claim, since key names are unknown). Note: Core Tools' `CliAuthenticationHandler` instead
@@ -1926,7 +1926,7 @@ pub fn http_response_from_result(
         .map(|(_, v)| v.clone());
     match value {
         // Missing res → empty ExpandoObject → no "body" key → 200 with the expando as JSON
-        // ("{}"), vector 10i.
+        // ("{}"), case res-missing.
         None | Some(Json::Null) => Ok(text_response(
             StatusCode::OK,
             HeaderMap::new(),
@@ -1973,7 +1973,7 @@ fn map_http_output(
         if key.eq_ignore_ascii_case("statusCode") {
             status_code = dotnet_scalar_string(value).map_err(|e| format!("statusCode: {e}"))?;
         } else if key.eq_ignore_ascii_case("status") {
-            // Bound into HttpOutputBindingResponse.Status but never used (vector 10g).
+            // Bound into HttpOutputBindingResponse.Status but never used (case res-status-alias-ignored).
             dotnet_scalar_string(value).map_err(|e| format!("status: {e}"))?;
         } else if key.eq_ignore_ascii_case("body") {
             body = Some(value.clone());
@@ -2092,7 +2092,7 @@ fn return_value_response(value: &Json) -> Result<ClientResponse, String> {
             _ => {
                 return Err(format!(
                     "$return http value {s:?} is a plain string; the host would base64-decode \
-                     it or write it as text (§5.5, vector 16) - not emulated, return an object"
+                     it or write it as text (§5.5) - not emulated, return an object"
                 ));
             }
         },
@@ -2152,7 +2152,7 @@ fn is_content_header(name: &str) -> bool {
     )
 }
 
-/// Builds the forwarded request (§6, vectors 03/23): same method; original path (`/` when
+/// Builds the forwarded request (§6, cases forwarding-keeps-path-and-query, handler-path-selection): same method; original path (`/` when
 /// empty) + query rebuilt from the parsed query (`QueryHelpers.AddQueryString`: repeated keys
 /// comma-joined, key and value percent-encoded except `A-Za-z0-9-._~`); every request header
 /// except hop-by-hop ones and content headers other than Content-Type/Content-Length (those two
@@ -2792,7 +2792,7 @@ struct Shared {
 
 /// A running Functions host emulator: a handler process plus an HTTP front end.
 ///
-/// Behaviour and deliberate choices (spec sections in brackets):
+/// Behaviour and deliberate choices (sections of docs/custom-handler-protocol.md in brackets):
 ///
 /// * Routing [§8]: `/{routePrefix}/{route or functionName}`, literals case-insensitive. A path
 ///   whose route exists but whose `methods` exclude the request method gets **404**, not 405:
@@ -2814,7 +2814,7 @@ struct Shared {
 /// connection per call (no pooling), JSON request-body properties are not added to `Metadata`,
 /// `Url` is always `http://`, the 500 body of a failed invocation is empty.
 ///
-/// Inferred (spec marks these unverified): forwarded requests keep the client's `Host` header
+/// Not verified on a live host: forwarded requests keep the client's `Host` header
 /// and gain a `traceparent`; `res` text bodies default to `text/plain; charset=utf-8`; an
 /// HTTP-triggered function without an http output answers 204.
 pub struct HostEmulator {

@@ -14,7 +14,7 @@ use super::cosmos_server::{self, CosmosServer};
 use super::host_emulator::{EmulatorConfig, HostEmulator};
 use super::redis_server::RedisServer;
 
-/// How the host delivers requests to the handler (spec §1).
+/// How the host delivers requests to the handler (protocol §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// `POST /{function}` with `{Data, Metadata}`.
@@ -23,9 +23,9 @@ pub enum Mode {
     Forwarding,
 }
 
-/// The 1,000-city data set (read-only, outside the repository).
+/// The 1,000-city data set, `data/us-cities-top-1k.csv` (see `data/README.md`).
 pub fn cities_csv() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/us-cities-top-1k.csv")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/us-cities-top-1k.csv")
 }
 
 /// One CSV row, read independently of the code under test.
@@ -41,7 +41,7 @@ pub struct CityRow {
 
 /// All rows of the CSV.
 pub fn city_rows() -> Vec<CityRow> {
-    let mut reader = csv::Reader::from_path(cities_csv()).expect("the shared CSV");
+    let mut reader = csv::Reader::from_path(cities_csv()).expect("data/us-cities-top-1k.csv");
     reader
         .records()
         .map(|r| {
