@@ -25,9 +25,9 @@ use cosmos::cosmos_from;
 
 /// The environment variable names this binary reads. `local.settings.json.example` lists each.
 pub mod names {
-    /// Port to listen on, set by the Functions host (spec §2.3).
+    /// Port to listen on, set by the Functions host (docs/custom-handler-protocol.md §2.3).
     pub const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
-    /// Legacy name of the same port; the host sets both (spec §2.3).
+    /// Legacy name of the same port; the host sets both (docs/custom-handler-protocol.md §2.3).
     pub const PORT_LEGACY: &str = "FUNCTIONS_HTTPWORKER_PORT";
     /// `redis://`, `rediss://` URL or the Azure portal's StackExchange.Redis form.
     pub const REDIS: &str = "REDIS_CONNECTION_STRING";
