@@ -142,6 +142,12 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
             }
             "partitionKey" => partition_key = Some(PkValue::Str(value.clone())),
             field => {
+                if field.is_empty() {
+                    return Err(AppError::bad_request(
+                        field,
+                        "a query parameter has no name (`?=value`); filters are `<field>=<value>`",
+                    ));
+                }
                 if !is_identifier(field) {
                     return Err(AppError::bad_request(
                         field,
