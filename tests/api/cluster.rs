@@ -106,7 +106,11 @@ async fn clustered_redis_caches_and_invalidates() {
             keys.push(key);
         }
     }
-    assert_eq!(keys.len(), 5, "the generation and four pages: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        6,
+        "the generation, its server and four pages: {keys:?}"
+    );
     assert!(
         slots.iter().all(|s| *s == slots[0]),
         "{keys:?} -> {slots:?}"
