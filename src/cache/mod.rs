@@ -125,6 +125,9 @@ const PEEK_SCRIPT: &str = r"
 return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or ''}
 ";
 
+/// Longest pause between two tries of a pending invalidation.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(250);
+
 /// How often a lease waiter looks for the leaseholder's result.
 const LEASE_POLL: Duration = Duration::from_millis(10);
 
@@ -602,8 +605,19 @@ impl Cache {
     /// Invalidates every cached page of the container by bumping its generation. Call only after
     /// Cosmos acknowledged the write.
     pub async fn invalidate(&self) -> Invalidation {
-        if self.try_bump().await {
-            return Invalidation::Done;
+        match self.try_bump().await {
+            Ok(()) => return Invalidation::Done,
+            // A failover (or an idle close) drops the connection under in-flight commands with
+            // an I/O error, and the connection reconnects on the next command: one immediate
+            // retry turns most of those into `done` instead of a pending invalidation, during
+            // which other instances may serve the previous page. Not after a timeout (a black
+            // hole would cost the timeout twice) nor with the breaker open.
+            Err(Failure::Error(_)) if self.inner.redis.state() != CircuitState::Open => {
+                if self.try_bump().await.is_ok() {
+                    return Invalidation::Done;
+                }
+            }
+            Err(_) => {}
         }
         let inner = &self.inner;
         inner.failed_invalidations.fetch_add(1, Ordering::AcqRel);
@@ -621,7 +635,7 @@ impl Cache {
         loop {
             let failures_before = inner.failed_invalidations.load(Ordering::Acquire);
             tokio::time::sleep(delay).await;
-            if self.try_bump().await
+            if self.try_bump().await.is_ok()
                 && inner.failed_invalidations.load(Ordering::Acquire) == failures_before
             {
                 inner.invalidation_pending.store(false, Ordering::Release);
@@ -635,7 +649,9 @@ impl Cache {
                 }
                 inner.invalidation_pending.store(true, Ordering::Release);
             }
-            delay = (delay * 2).min(Duration::from_secs(1));
+            // Capped low: while the breaker is open a try costs nothing (it fails fast), and
+            // after a failover the pending window is what other instances may serve stale.
+            delay = (delay * 2).min(RETRY_MAX_DELAY);
         }
     }
 
@@ -650,7 +666,7 @@ impl Cache {
     }
 
     /// `SET gen <random> NX` then `INCR gen`, atomically ([`BUMP_SCRIPT`]).
-    async fn try_bump(&self) -> bool {
+    async fn try_bump(&self) -> Result<(), Failure> {
         let inner = &self.inner;
         let bumped = inner
             .redis
@@ -669,11 +685,11 @@ impl Cache {
                 }
                 inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(generation, "cache invalidated");
-                true
+                Ok(())
             }
             Err(failure) => {
                 tracing::warn!(reason = %failure, "cache invalidation failed");
-                false
+                Err(failure)
             }
         }
     }
