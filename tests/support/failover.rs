@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::chaos_proxy::{Behaviour, ChaosProxy};
 use super::redis_server::RedisServer;
+use super::scratch::ScratchDir;
 
 /// Two `redis-server`s, one replicating the other, and the proxy clients connect to.
 pub struct ReplicatedRedis {
@@ -16,6 +17,9 @@ pub struct ReplicatedRedis {
     /// Clients connect here; it forwards to the current primary.
     pub proxy: ChaosProxy,
     detached: bool,
+    /// Each server's working directory: a full sync writes an RDB file there (not in the
+    /// repository). Declared after `servers`, so removed after they stopped.
+    _dirs: [ScratchDir; 2],
 }
 
 fn addr(server: &RedisServer) -> SocketAddr {
@@ -46,7 +50,12 @@ fn replicaof(server: &RedisServer, primary: Option<&RedisServer>) {
 impl ReplicatedRedis {
     /// A primary, a replica in sync with it, and a proxy to the primary.
     pub async fn start() -> Self {
-        let servers = [RedisServer::start(), RedisServer::start()];
+        let dirs = [ScratchDir::new("replica-a"), ScratchDir::new("replica-b")];
+        let server = |dir: &ScratchDir| {
+            let dir = dir.path().to_string_lossy().into_owned();
+            RedisServer::start_with(&["--dir", &dir])
+        };
+        let servers = [server(&dirs[0]), server(&dirs[1])];
         replicaof(&servers[1], Some(&servers[0]));
         let proxy = ChaosProxy::start(addr(&servers[0])).await;
         let pair = Self {
@@ -54,6 +63,7 @@ impl ReplicatedRedis {
             primary: 0,
             proxy,
             detached: false,
+            _dirs: dirs,
         };
         pair.wait_in_sync().await;
         pair
