@@ -194,8 +194,33 @@ async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    // Cut the replication link, write, promote the replica before it reconnects (replicas
-    // reconnect from a once-a-second cron).
+    // Make the replica miss the write, deterministically: stop it (SIGSTOP), cut its link at
+    // the primary, write, queue `CLUSTER FAILOVER TAKEOVER` on its socket, resume it. It reads
+    // the closed link and the command in one event-loop pass, before its once-a-second cron
+    // could reconnect, so it is promoted without the bump.
+    let mut on_replica = replica.connection();
+    let _: () = redis::cmd("READONLY")
+        .query(&mut on_replica)
+        .expect("READONLY");
+    let pid = {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut on_replica)
+            .expect("INFO server");
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("process_id")
+            .trim()
+            .to_string()
+    };
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
     let _: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -210,25 +235,28 @@ async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
         .await;
     assert_eq!(update.status, 200, "{}", update.text);
     assert_eq!(update.header("x-cache-invalidation"), Some("done"));
-    let mut on_replica = replica.connection();
-    let _: () = redis::cmd("READONLY")
-        .query(&mut on_replica)
-        .expect("READONLY");
-    let lagging_gen: Option<String> = redis::cmd("GET")
-        .arg(&gen_key)
-        .query(&mut on_replica)
-        .expect("GET on the replica");
-    let _: () = redis::cmd("CLUSTER")
-        .arg("FAILOVER")
-        .arg("TAKEOVER")
-        .query(&mut on_replica)
-        .expect("CLUSTER FAILOVER TAKEOVER");
     let owner_gen: Option<String> = redis::cmd("GET")
         .arg(&gen_key)
         .query(&mut owner.connection())
-        .ok()
-        .flatten();
-    println!("replica lagging: {} ", lagging_gen != owner_gen);
+        .expect("GET on the primary");
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", replica.port)).expect("connect");
+    std::io::Write::write_all(&mut raw, b"CLUSTER FAILOVER TAKEOVER\r\n").expect("send");
+    signal("-CONT");
+    let mut reply = [0u8; 64];
+    let n = std::io::Read::read(&mut raw, &mut reply).expect("reply");
+    assert!(
+        reply[..n].starts_with(b"+OK"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+    let promoted_gen: Option<String> = redis::cmd("GET")
+        .arg(&gen_key)
+        .query(&mut on_replica)
+        .expect("GET on the promoted replica");
+    assert_ne!(
+        promoted_gen, owner_gen,
+        "the promoted replica missed the bump"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while replication_field(owner, "role") != "slave"
         || replication_field(replica, "role") != "master"
