@@ -9,6 +9,11 @@
 #     --no-world     skip the 171,075-city container (about 1 minute of seeding)
 #     --no-profile   skip the perf profile of the hit path
 #     --quick        short runs: a smoke test of the benchmark, not numbers to quote
+#     --failover     only the failover checker (tests/api/failover.rs, about a minute): a real
+#                    primary and replica behind the chaos proxy, two handler instances, FAILOVERS
+#                    (default 6) failovers at random moments, every other one to a lagging
+#                    replica; prints stale reads, hit resumption, entries made unreachable and
+#                    write latency with and without replicas (release build)
 #
 # Nothing else should be running: the load generators, Redis, the Cosmos server and the
 # handler share this machine's cores (the table's machine section lists what else ran).
@@ -18,6 +23,13 @@ cd "$ROOT"
 . scripts/lib.sh
 ensure_redis
 ensure_node_modules
+
+if [[ " $* " == *" --failover "* ]]; then
+  echo "== failover checker (release build of the integration tests)"
+  cargo test --release --quiet --test api failover_checker_report -- --ignored --nocapture \
+    2>&1 | grep -v -e '^\[host-emulator\]' -e '^\[handler\]'
+  exit "${PIPESTATUS[0]}"
+fi
 
 command -v wrk >/dev/null 2>&1 || apt_install wrk
 command -v redis-benchmark >/dev/null 2>&1 || apt_install redis-tools

@@ -10,6 +10,8 @@
 //! container names are the same (production and staging) never share an entry, even in one
 //! Redis database (cf. stefanprodan/AspNetCoreRateLimit#288).
 //! - `cc:{scope}:gen` — the container's **generation**, an integer with no TTL.
+//! - `cc:{scope}:server` — the replication id of the Redis server that last confirmed the
+//!   generation, no TTL ([`failover`]: a promoted replica that missed bumps moves it).
 //! - `cc:{scope}:<gen>:<sha256>` — one cached page, with a TTL (± jitter). The hash covers the
 //!   canonical query: text, parameters sorted by name, partition key, page size, continuation
 //!   ([`keys::query_hash`]).
@@ -23,7 +25,8 @@
 //! stores under that generation, so a read that raced with a write stores its (old) result under
 //! a key nobody will look up again. When the generation key is lost (eviction, `FLUSHDB`,
 //! failover), it is re-created with `SET NX` from a random 62-bit value, so it does not land on
-//! a generation whose entries may still exist.
+//! a generation whose entries may still exist. A failover to a replica that missed acknowledged
+//! bumps keeps a generation key, but not the primary's identity: see [`failover`].
 //!
 //! # When Redis fails
 //! Every Redis call goes through [`guard::GuardedRedis`]: an outer timeout (`REDIS_TIMEOUT_MS`)
@@ -31,6 +34,7 @@
 //! `x-cache: bypass`. An invalidation that fails is retried in the background until Redis
 //! accepts it; until then this instance bypasses the cache for reads.
 
+pub mod failover;
 pub mod guard;
 pub mod keys;
 
@@ -51,23 +55,33 @@ use crate::store::QuerySpec;
 use guard::{CircuitState, Failure, GuardedRedis};
 
 /// Reads the generation (creating it with `SET NX` if missing) and the entry under it and, on a
-/// miss, tries to take the page's fill lease — all in one round trip. KEYS[1] = generation key;
-/// ARGV[1] = initial generation if missing, ARGV[2] = entry key prefix, ARGV[3] = query hash,
-/// ARGV[4] = lease in ms (0 = no lease), ARGV[5] = lease token. Returns `{gen, value}` on a hit,
-/// `{gen, '', lease}` on a miss with lease 1 = taken, 0 = held by another, 2 = no lease.
-/// (Every key touched carries the container's hash tag: one cluster slot.)
+/// miss, tries to take the page's fill lease — all in one round trip. Runs after
+/// [`failover::SERVER_CHECK`]: when this server did not confirm the generation (a promoted
+/// replica that may lack acknowledged bumps), the generation moves to ARGV[1] first.
+/// KEYS[1] = generation key, KEYS[2] = server key; ARGV[1] = initial generation if missing or
+/// moved, ARGV[2] = entry key prefix, ARGV[3] = query hash, ARGV[4] = lease in ms (0 = no
+/// lease), ARGV[5] = lease token. Returns `{gen, value}` on a hit, `{gen, '', lease, moved}` on a
+/// miss with lease 1 = taken, 0 = held by another, 2 = no lease, and moved 1 when an existing
+/// generation was just moved (0 when there was none to move: a new or emptied Redis). (Every
+/// key touched carries the container's hash tag: one cluster slot.)
 const LOOKUP_SCRIPT: &str = r"
 local g = redis.call('GET', KEYS[1])
-if not g then
+local m = 0
+if moved then
+  if g then m = 1 end
+  g = ARGV[1]
+  redis.call('SET', KEYS[1], g)
+  redis.call('SET', KEYS[2], server)
+elseif not g then
   redis.call('SET', KEYS[1], ARGV[1], 'NX')
   g = redis.call('GET', KEYS[1])
 end
 local key = ARGV[2] .. g .. ':' .. ARGV[3]
 local v = redis.call('GET', key)
 if v then return {g, v} end
-if tonumber(ARGV[4]) == 0 then return {g, '', 2} end
-if redis.call('SET', key .. ':lease', ARGV[5], 'NX', 'PX', ARGV[4]) then return {g, '', 1} end
-return {g, '', 0}
+if tonumber(ARGV[4]) == 0 then return {g, '', 2, m} end
+if redis.call('SET', key .. ':lease', ARGV[5], 'NX', 'PX', ARGV[4]) then return {g, '', 1, m} end
+return {g, '', 0, m}
 ";
 
 /// Stores a page and releases our lease in one round trip. KEYS[1] = entry key, KEYS[2] = lease
@@ -80,25 +94,39 @@ return 1
 ";
 
 /// Bumps the generation KEYS[1], first creating it from ARGV[1] when missing; atomic. (A script,
-/// not MULTI/EXEC: the cluster client does not run transactions.) When Redis refuses the bump
-/// (out of memory with `noeviction`, or a generation that is not a number), the generation key
-/// is deleted instead — `DEL` is allowed when out of memory — so every instance's next lookup
-/// re-creates it from a fresh random value (or, while still out of memory, bypasses): the old
-/// entries are unreachable either way. Returns the new generation, or -1 after a delete.
+/// not MULTI/EXEC: the cluster client does not run transactions.) Runs after
+/// [`failover::SERVER_CHECK`] (KEYS[2] = server key): on a server that did not confirm the
+/// generation, it restarts from ARGV[1] instead of incrementing a value that may have missed
+/// acknowledged bumps (pages stored under the next integer by readers of the old primary must
+/// stay unreachable). When Redis refuses the bump (out of memory with `noeviction`, or a
+/// generation that is not a number), the generation key is deleted instead — `DEL` is allowed
+/// when out of memory — so every instance's next lookup re-creates it from a fresh random value
+/// (or, while still out of memory, bypasses): the old entries are unreachable either way.
+/// Returns `{new generation or -1 after a delete, moved (1 when an existing generation moved)}`.
 const BUMP_SCRIPT: &str = r"
-redis.pcall('SET', KEYS[1], ARGV[1], 'NX')
+local m = 0
+if moved then
+  m = redis.call('EXISTS', KEYS[1])
+  redis.pcall('SET', KEYS[1], ARGV[1])
+  redis.pcall('SET', KEYS[2], server)
+else
+  redis.pcall('SET', KEYS[1], ARGV[1], 'NX')
+end
 local g = redis.pcall('INCR', KEYS[1])
 if type(g) == 'table' and g.err then
   redis.call('DEL', KEYS[1])
-  return -1
+  return {-1, m}
 end
-return g
+return {g, m}
 ";
 
 /// A lease waiter's look: the page KEYS[1] and the lease KEYS[2]'s token ('' for none).
 const PEEK_SCRIPT: &str = r"
 return {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or ''}
 ";
+
+/// Longest pause between two tries of a pending invalidation.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(250);
 
 /// How often a lease waiter looks for the leaseholder's result.
 const LEASE_POLL: Duration = Duration::from_millis(10);
@@ -120,6 +148,9 @@ pub struct CacheStats {
     pub lease_waits: AtomicU64,
     /// Pages served but not stored because they exceeded `CACHE_MAX_VALUE_BYTES`.
     pub too_large: AtomicU64,
+    /// Times this instance found the Redis server changed under the generation (a failover
+    /// to a replica, a restart, an evicted server key) and moved the generation.
+    pub server_changes: AtomicU64,
 }
 
 /// A filled page: the response body and what Cosmos charged for it (RU).
@@ -184,6 +215,8 @@ struct Inner {
     redis: Arc<GuardedRedis>,
     settings: CacheSettings,
     gen_key: String,
+    /// [`failover::server_key`]: which server confirmed the generation.
+    server_key: String,
     entry_prefix: String,
     lookup: redis::Script,
     bump: redis::Script,
@@ -224,9 +257,10 @@ impl Cache {
                 redis,
                 settings,
                 gen_key: format!("cc:{tag}:gen"),
+                server_key: failover::server_key(&tag),
                 entry_prefix: format!("cc:{tag}:"),
-                lookup: redis::Script::new(LOOKUP_SCRIPT),
-                bump: redis::Script::new(BUMP_SCRIPT),
+                lookup: redis::Script::new(&format!("{}{LOOKUP_SCRIPT}", failover::SERVER_CHECK)),
+                bump: redis::Script::new(&format!("{}{BUMP_SCRIPT}", failover::SERVER_CHECK)),
                 peek: redis::Script::new(PEEK_SCRIPT),
                 store: redis::Script::new(STORE_SCRIPT),
                 stats: CacheStats::default(),
@@ -264,6 +298,7 @@ impl Cache {
             "singleFlightWaits": n(&s.single_flight_waits),
             "leaseWaits": n(&s.lease_waits),
             "tooLarge": n(&s.too_large),
+            "serverChanges": n(&s.server_changes),
             "redisErrors": n(&r.errors),
             "circuit": match r.state() {
                 CircuitState::Closed => "closed",
@@ -307,6 +342,7 @@ impl Cache {
             .run(|mut conn| {
                 let mut invocation = inner.lookup.key(&inner.gen_key);
                 invocation
+                    .key(&inner.server_key)
                     .arg(keys::random_generation())
                     .arg(&inner.entry_prefix)
                     .arg(&hash)
@@ -342,6 +378,9 @@ impl Cache {
             Some(redis::Value::Int(0)) => Lease::HeldElsewhere,
             _ => Lease::Off,
         };
+        if let Some(redis::Value::Int(1)) = values.next() {
+            Self::server_changed(inner);
+        }
         if let Some(redis::Value::BulkString(stored)) = stored
             && !stored.is_empty()
         {
@@ -566,8 +605,19 @@ impl Cache {
     /// Invalidates every cached page of the container by bumping its generation. Call only after
     /// Cosmos acknowledged the write.
     pub async fn invalidate(&self) -> Invalidation {
-        if self.try_bump().await {
-            return Invalidation::Done;
+        match self.try_bump().await {
+            Ok(()) => return Invalidation::Done,
+            // A failover (or an idle close) drops the connection under in-flight commands with
+            // an I/O error, and the connection reconnects on the next command: one immediate
+            // retry turns most of those into `done` instead of a pending invalidation, during
+            // which other instances may serve the previous page. Not after a timeout (a black
+            // hole would cost the timeout twice) nor with the breaker open.
+            Err(Failure::Error(_)) if self.inner.redis.state() != CircuitState::Open => {
+                if self.try_bump().await.is_ok() {
+                    return Invalidation::Done;
+                }
+            }
+            Err(_) => {}
         }
         let inner = &self.inner;
         inner.failed_invalidations.fetch_add(1, Ordering::AcqRel);
@@ -585,7 +635,7 @@ impl Cache {
         loop {
             let failures_before = inner.failed_invalidations.load(Ordering::Acquire);
             tokio::time::sleep(delay).await;
-            if self.try_bump().await
+            if self.try_bump().await.is_ok()
                 && inner.failed_invalidations.load(Ordering::Acquire) == failures_before
             {
                 inner.invalidation_pending.store(false, Ordering::Release);
@@ -599,30 +649,47 @@ impl Cache {
                 }
                 inner.invalidation_pending.store(true, Ordering::Release);
             }
-            delay = (delay * 2).min(Duration::from_secs(1));
+            // Capped low: while the breaker is open a try costs nothing (it fails fast), and
+            // after a failover the pending window is what other instances may serve stale.
+            delay = (delay * 2).min(RETRY_MAX_DELAY);
         }
     }
 
+    /// A script found a generation this server had not confirmed and moved it
+    /// ([`failover`]).
+    fn server_changed(inner: &Inner) {
+        inner.stats.server_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "Redis server changed since the generation was confirmed (failover, restart or \
+             eviction): generation moved, earlier cached pages unreachable"
+        );
+    }
+
     /// `SET gen <random> NX` then `INCR gen`, atomically ([`BUMP_SCRIPT`]).
-    async fn try_bump(&self) -> bool {
+    async fn try_bump(&self) -> Result<(), Failure> {
         let inner = &self.inner;
         let bumped = inner
             .redis
             .run(|mut conn| {
                 let mut invocation = inner.bump.key(&inner.gen_key);
-                invocation.arg(keys::random_generation());
-                async move { invocation.invoke_async::<i64>(&mut conn).await }
+                invocation
+                    .key(&inner.server_key)
+                    .arg(keys::random_generation());
+                async move { invocation.invoke_async::<(i64, i64)>(&mut conn).await }
             })
             .await;
         match bumped {
-            Ok(generation) => {
+            Ok((generation, moved)) => {
+                if moved == 1 {
+                    Self::server_changed(inner);
+                }
                 inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(generation, "cache invalidated");
-                true
+                Ok(())
             }
             Err(failure) => {
                 tracing::warn!(reason = %failure, "cache invalidation failed");
-                false
+                Err(failure)
             }
         }
     }

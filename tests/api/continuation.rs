@@ -10,7 +10,7 @@ fn entries(stack: &Stack) -> usize {
     stack
         .redis_keys()
         .iter()
-        .filter(|k| !k.ends_with(":gen") && !k.ends_with(":lease"))
+        .filter(|k| !k.ends_with(":gen") && !k.ends_with(":server") && !k.ends_with(":lease"))
         .count()
 }
 

@@ -191,8 +191,8 @@ async fn throttling_is_retried_then_503_and_never_cached(mode: Mode) {
     let keys = stack.redis_keys();
     assert_eq!(
         keys.len(),
-        2,
-        "the generation and the Oregon page only: {keys:?}"
+        3,
+        "the generation, its server and the Oregon page only: {keys:?}"
     );
     let recovered = stack.get("query?state=Nevada").await;
     assert_eq!(recovered.status, 200);

@@ -30,6 +30,7 @@ mod cluster;
 mod consistency;
 mod continuation;
 mod cosmos_outage;
+mod failover;
 mod herds;
 mod isolation;
 mod paging;

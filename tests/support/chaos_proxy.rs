@@ -1,6 +1,8 @@
 //! A TCP chaos proxy in front of a real server (as crates.io does for its database): it passes
 //! bytes through, or cuts every connection (an idle close, as Azure Cache for Redis does after
-//! 10 idle minutes), or turns into a black hole (connections open, nothing answers).
+//! 10 idle minutes), or turns into a black hole (connections open, nothing answers). It can
+//! also switch its upstream while clients keep using its address, as Azure's endpoint does
+//! when a replica is promoted ([`ChaosProxy::switch_upstream`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,8 @@ pub struct ChaosProxy {
     /// The proxy's own port (clients connect here).
     pub port: u16,
     behaviour: Arc<Mutex<Behaviour>>,
+    /// Where new connections go.
+    upstream: Arc<Mutex<SocketAddr>>,
     /// Bumped to cut every open connection.
     cuts: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -36,21 +40,25 @@ impl ChaosProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let behaviour = Arc::new(Mutex::new(Behaviour::Pass));
+        let upstream = Arc::new(Mutex::new(upstream));
         let (cuts, _) = watch::channel(0u64);
         let task = {
             let behaviour = behaviour.clone();
+            let upstream = upstream.clone();
             let cuts = cuts.clone();
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let behaviour = behaviour.clone();
                     let cut = cuts.subscribe();
-                    tokio::spawn(serve(client, upstream, behaviour, cut));
+                    let to = *upstream.lock().unwrap_or_else(|p| p.into_inner());
+                    tokio::spawn(serve(client, to, behaviour, cut));
                 }
             })
         };
         Self {
             port,
             behaviour,
+            upstream,
             cuts,
             task,
         }
@@ -64,6 +72,13 @@ impl ChaosProxy {
     /// Changes what the proxy does with bytes from now on (open connections included).
     pub fn set(&self, behaviour: Behaviour) {
         *self.behaviour.lock().unwrap_or_else(|p| p.into_inner()) = behaviour;
+    }
+
+    /// Sends new connections to `upstream` and closes every open one, so no client keeps
+    /// talking to the old server (a failover behind one host name).
+    pub fn switch_upstream(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
+        self.cut_all();
     }
 
     /// Closes every open connection, both sides.

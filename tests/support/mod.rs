@@ -3,6 +3,7 @@
 
 pub mod chaos_proxy;
 pub mod cosmos_server;
+pub mod failover;
 pub mod host_emulator;
 pub mod redis_server;
 pub mod scratch;
