@@ -8,10 +8,16 @@
 //! - `update` — upsert or delete in Cosmos, then **invalidate** the container's cached queries
 //!   (flush-on-write) by bumping a generation number, only after Cosmos acknowledged the write.
 //!
-//! ## Layout (the data path reads top to bottom)
+//! ## Layout (the data path reads left to right)
 //! ```text
-//! Functions host ─► protocol (wire adapter) ─► routes (query / update) ─► cache ─► store
+//! Functions host ─► protocol ─► routes ─┬─► cache ──► Redis     (a hit ends here)
+//!                   (2 wire    (query,   └─► store ──► Cosmos DB (the miss fill, the writes)
+//!                   adapters)   update)
 //! ```
+//! The routes call the cache with the store read as its fill closure, so the cache never calls
+//! Cosmos itself; it knows a query only as the [`store::QuerySpec`] its key is made from. Both
+//! wire modes meet in [`api`]'s one request/response type; [`error`] maps [`store::StoreError`]
+//! onto HTTP in one place.
 //! - [`config`]: settings read once from environment variables; connection-string parsing;
 //!   secrets that cannot be printed.
 //! - [`protocol`]: the invocation-payload and forwarding adapters, both onto [`api`]'s one

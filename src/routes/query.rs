@@ -114,7 +114,7 @@ fn without_storage_properties(item: Value) -> Value {
 }
 
 /// Longest partition-key value Cosmos DB accepts, in bytes
-/// (https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits).
+/// (<https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits>).
 pub const MAX_PARTITION_KEY_BYTES: usize = 2048;
 
 /// Builds the query of a `GET`: filters sorted by field name, as

@@ -143,7 +143,7 @@ fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppE
 }
 
 /// Cosmos DB ids: 1-255 characters, none of `/ \ ? #`
-/// (https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits); we also
+/// (<https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits>); we also
 /// refuse `.`, `..` and control characters, which would alter the request path of a point
 /// operation (the SDK puts the id in the URL).
 ///

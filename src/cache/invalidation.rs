@@ -1,0 +1,106 @@
+//! Invalidation: the generation bump after a write, its immediate retry after a dropped
+//! connection, and the background retry of a bump Redis did not take (reads bypass the cache on
+//! this instance until it lands).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::guard::{CircuitState, Failure};
+use super::{Cache, Inner, Invalidation, keys};
+
+/// Longest pause between two tries of a pending invalidation.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(250);
+
+impl Cache {
+    /// Invalidates every cached page of the container by bumping its generation. Call only after
+    /// Cosmos acknowledged the write.
+    pub async fn invalidate(&self) -> Invalidation {
+        match self.try_bump().await {
+            Ok(()) => return Invalidation::Done,
+            // A failover (or an idle close) drops the connection under in-flight commands with
+            // an I/O error, and the connection reconnects on the next command: one immediate
+            // retry turns most of those into `done` instead of a pending invalidation, during
+            // which other instances may serve the previous page. Not after a timeout (a black
+            // hole would cost the timeout twice) nor with the breaker open.
+            Err(Failure::Error(_)) if self.inner.redis.state() != CircuitState::Open => {
+                if self.try_bump().await.is_ok() {
+                    return Invalidation::Done;
+                }
+            }
+            Err(_) => {}
+        }
+        let inner = &self.inner;
+        inner.failed_invalidations.fetch_add(1, Ordering::AcqRel);
+        inner.invalidation_pending.store(true, Ordering::Release);
+        if !inner.retry_running.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move { this.retry_invalidation().await });
+        }
+        Invalidation::Pending
+    }
+
+    async fn retry_invalidation(self) {
+        let inner = &self.inner;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let failures_before = inner.failed_invalidations.load(Ordering::Acquire);
+            tokio::time::sleep(delay).await;
+            if self.try_bump().await.is_ok()
+                && inner.failed_invalidations.load(Ordering::Acquire) == failures_before
+            {
+                inner.invalidation_pending.store(false, Ordering::Release);
+                inner.retry_running.store(false, Ordering::Release);
+                tracing::info!("pending cache invalidation reached Redis");
+                // A failure may have raced with the two stores above; if so, go on.
+                if inner.failed_invalidations.load(Ordering::Acquire) == failures_before
+                    || inner.retry_running.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                inner.invalidation_pending.store(true, Ordering::Release);
+            }
+            // Capped low: while the breaker is open a try costs nothing (it fails fast), and
+            // after a failover the pending window is what other instances may serve stale.
+            delay = (delay * 2).min(RETRY_MAX_DELAY);
+        }
+    }
+
+    /// A script found a generation this server had not confirmed and moved it
+    /// ([`failover`]).
+    pub(super) fn server_changed(inner: &Inner) {
+        inner.stats.server_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "Redis server changed since the generation was confirmed (failover, restart or \
+             eviction): generation moved, earlier cached pages unreachable"
+        );
+    }
+
+    /// `SET gen <random> NX` then `INCR gen`, atomically ([`super::scripts::BUMP`]).
+    async fn try_bump(&self) -> Result<(), Failure> {
+        let inner = &self.inner;
+        let bumped = inner
+            .redis
+            .run(|mut conn| {
+                let mut invocation = inner.bump.key(&inner.gen_key);
+                invocation
+                    .key(&inner.server_key)
+                    .arg(keys::random_generation());
+                async move { invocation.invoke_async::<(i64, i64)>(&mut conn).await }
+            })
+            .await;
+        match bumped {
+            Ok((generation, moved)) => {
+                if moved == 1 {
+                    Self::server_changed(inner);
+                }
+                inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(generation, "cache invalidated");
+                Ok(())
+            }
+            Err(failure) => {
+                tracing::warn!(reason = %failure, "cache invalidation failed");
+                Err(failure)
+            }
+        }
+    }
+}
