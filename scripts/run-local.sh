@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, locally, in one command: starts Redis (unless one answers already) and the
-# local Cosmos-protocol server, creates tutorial/us_cities and loads the 1,000 cities of
+# local Cosmos-protocol server, creates tutorial/us_cities and loads the 1,001 cities of
 # data/us-cities-top-1k.csv, builds the handler, and serves
 # http://127.0.0.1:7071/api/{query,update} through the host emulator (the same wiring
 # `func start` does). Ctrl-C stops what it started.
@@ -66,7 +66,7 @@ echo "== building the handler (release) and the host emulator (the first build t
 cargo build --release --bin handler --example host_emulator
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-# 5. Data: the 1,000-city CSV committed in data/ (plotly's public us-cities-top-1k, see data/README.md)
+# 5. Data: the 1,001-city CSV committed in data/ (plotly's public us-cities-top-1k, see data/README.md)
 CSV=data/us-cities-top-1k.csv
 echo "== loading $CSV into $COSMOS_DATABASE/$COSMOS_CONTAINER"
 "$TARGET_DIR/release/handler" seed --csv "$CSV"

@@ -288,7 +288,17 @@ impl CosmosStore {
             );
         }
         if failure.status == 400 && (failure.from_wire || failure.sub_status.is_none()) {
-            return StoreError::Query(cosmos_message(e));
+            let message = cosmos_message(e);
+            // A server without a cross-partition plan for this query (the local emulator, for
+            // aggregates) asks for a request header the client cannot set: say what it can do.
+            if message.contains("enablecrosspartition") {
+                return StoreError::Query(
+                    "Cosmos DB cannot run this query across partitions here (an aggregate \
+                     without a cross-partition plan): scope it to one partition with partitionKey"
+                        .into(),
+                );
+            }
+            return StoreError::Query(message);
         }
         if failure.status == 404 && failure.from_wire {
             return self.container_missing();

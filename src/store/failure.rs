@@ -49,7 +49,8 @@ pub(super) fn query_refusal(sub_status: u16) -> Option<&'static str> {
         20125 | 20126 => {
             "the Cosmos SDK must buffer this whole query on the client (cross-partition \
              DISTINCT, or ORDER BY without a streaming plan) and needs a bounded window: add \
-             TOP n (or OFFSET/LIMIT), or scope the query to one partition with partitionKey"
+             TOP n (or OFFSET/LIMIT), scope the query to one partition with partitionKey, or, \
+             for DISTINCT VALUE, add ORDER BY on the same value"
         }
         1004 => {
             "Cosmos DB cannot serve this query across partitions (an aggregate or clause without \

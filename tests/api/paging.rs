@@ -201,6 +201,9 @@ async fn refused_shapes_are_bad_query_with_the_fix(mode: Mode) {
     for (query, hint) in [
         ("SELECT DISTINCT VALUE c.state FROM c", "TOP n"),
         ("SELECT DISTINCT c.state FROM c", "TOP n"),
+        // The local server has no cross-partition plan for aggregates; the answer says what
+        // the client can do, not which request header the server wanted.
+        ("SELECT VALUE COUNT(1) FROM c", "partitionKey"),
         ("SELEC * FROM c", ""),
     ] {
         let body = json!({ "query": query });
@@ -211,6 +214,7 @@ async fn refused_shapes_are_bad_query_with_the_fix(mode: Mode) {
         let message = error["message"].as_str().expect("message");
         assert!(message.contains(hint), "{query}: {message}");
         assert!(!message.contains("unreachable"), "{query}: {message}");
+        assert!(!message.contains("x-ms-"), "{query}: {message}");
         assert!(reply.header("retry-after").is_none(), "{query}");
     }
     // The same query bounded as the message says is served.
