@@ -63,8 +63,8 @@ use config::Settings;
 /// on first use, so the host's readiness probe is answered at once.
 ///
 /// # Errors
-/// A message when the Redis client cannot be built.
-pub fn build_state(settings: &Settings) -> Result<AppState, String> {
+/// [`StartupError`] when a client cannot be built from the settings.
+pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
     let scope = settings.cosmos.scope();
     let cache = cache::Cache::new(&settings.redis, settings.cache.clone(), &scope)?;
     let store = store::CosmosStore::new(settings.cosmos.clone(), settings.cosmos_throttle_budget);
@@ -73,6 +73,14 @@ pub fn build_state(settings: &Settings) -> Result<AppState, String> {
         store: Arc::new(store),
         tokens: continuation::TokenBinder::new(scope),
     })
+}
+
+/// Why the handler cannot start with valid settings.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartupError {
+    /// The Redis client cannot be built.
+    #[error("Redis: {0}")]
+    Redis(#[from] cache::CacheBuildError),
 }
 
 /// Installs rustls' crypto provider for `rediss://` (the redis crate panics on the first TLS

@@ -131,6 +131,12 @@ struct Inner {
     before_store: Mutex<Option<BeforeStoreHook>>,
 }
 
+/// The Redis client could not be built from the settings; the text names the problem, never
+/// the password.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CacheBuildError(String);
+
 /// The cache of one container. Cheap to clone (an `Arc`).
 #[derive(Clone)]
 pub struct Cache {
@@ -143,9 +149,14 @@ impl Cache {
     /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call.
     ///
     /// # Errors
-    /// A message when the Redis client cannot be built.
-    pub fn new(target: &RedisTarget, settings: CacheSettings, scope: &str) -> Result<Self, String> {
-        let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)?;
+    /// [`CacheBuildError`] when the Redis client cannot be built from the settings.
+    pub fn new(
+        target: &RedisTarget,
+        settings: CacheSettings,
+        scope: &str,
+    ) -> Result<Self, CacheBuildError> {
+        let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)
+            .map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
         Ok(Self {
             inner: Arc::new(Inner {
