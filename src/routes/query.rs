@@ -43,25 +43,38 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     } else {
         return Err(AppError::MethodNotAllowed);
     };
-    // A token from another query (or garbage) is refused before anything is looked up or
-    // cached; what Cosmos resumes from is the SDK token inside it.
-    let mut store_spec = client_spec.clone();
-    store_spec.continuation = client_spec
-        .continuation
-        .as_deref()
-        .map(|token| state.tokens.open(&client_spec, token))
-        .transpose()?;
+    check_nesting(&client_spec.text)?;
     // The cache key is the client's request as sent. Pinning a GET to the partition of its
     // partition-key filter changes how Cosmos is asked, not the rows, so the container's
     // partition-key path is needed only on a miss: a hit needs nothing from Cosmos, even on
     // a fresh instance while Cosmos is unreachable.
     let pin = req.method == Method::GET && client_spec.partition_key.is_none();
+    // A pinned GET and a POST of the same text and parameters return the same rows, but the
+    // SDK's tokens of a single-partition and of a cross-partition query are not
+    // interchangeable: each form gets its own cache entries and tokens, or a page cached by
+    // one would hand the other a token it cannot resume.
+    let key_spec = if pin {
+        QuerySpec {
+            text: format!("GET {}", client_spec.text),
+            ..client_spec.clone()
+        }
+    } else {
+        client_spec.clone()
+    };
+    // A token from another query (or garbage) is refused before anything is looked up or
+    // cached; what Cosmos resumes from is the SDK token inside it.
+    let mut store_spec = client_spec;
+    store_spec.continuation = key_spec
+        .continuation
+        .as_deref()
+        .map(|token| state.tokens.open(&key_spec, token))
+        .transpose()?;
     let store = state.store.clone();
     let tokens = state.tokens.clone();
-    let bound_to = client_spec.clone();
+    let bound_to = key_spec.clone();
     let served = state
         .cache
-        .get_or_fill(&client_spec, move || async move {
+        .get_or_fill(&key_spec, move || async move {
             if pin {
                 pin_partition(&mut store_spec, &store.partition_key_path().await?);
             }
@@ -111,6 +124,38 @@ fn without_storage_properties(item: Value) -> Value {
         }
         other => other,
     }
+}
+
+/// Most `AND`/`OR`/`NOT` a query may hold. The Cosmos SDK plans cross-partition queries by
+/// recursing over the expression, on the request's thread: ~10,000 nested `NOT` overflowed a
+/// 2 MiB stack and aborted the process. The handler's threads have 64 MiB; this bound keeps
+/// the deepest expression far inside it, and no real filter comes near it.
+pub const MAX_QUERY_OPERATORS: usize = 4_096;
+
+/// Longest query text Cosmos DB accepts, in bytes
+/// (<https://learn.microsoft.com/azure/cosmos-db/concepts-limits#sql-query-limits>).
+pub const MAX_QUERY_BYTES: usize = 512 * 1024;
+
+/// Refuses a query the SDK could not plan safely (see [`MAX_QUERY_OPERATORS`]).
+fn check_nesting(text: &str) -> Result<(), AppError> {
+    let operators = text
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| {
+            ["and", "or", "not"]
+                .iter()
+                .any(|op| w.eq_ignore_ascii_case(op))
+        })
+        .count();
+    if operators > MAX_QUERY_OPERATORS {
+        return Err(AppError::bad_request(
+            "query",
+            format!(
+                "has {operators} AND/OR/NOT operators; at most {MAX_QUERY_OPERATORS} are \
+                 accepted (use IN (...) or ARRAY_CONTAINS(@list, c.field) for long lists)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Longest partition-key value Cosmos DB accepts, in bytes
@@ -241,6 +286,12 @@ pub fn spec_from_body(body: &[u8]) -> Result<QuerySpec, AppError> {
         ));
     }
     let text = match object.get("query") {
+        Some(Value::String(q)) if q.len() > MAX_QUERY_BYTES => {
+            return Err(AppError::bad_request(
+                "query",
+                format!("is longer than Cosmos DB's {MAX_QUERY_BYTES} bytes"),
+            ));
+        }
         Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
         Some(_) => return Err(AppError::bad_request("query", "must be a non-empty string")),
         None => return Err(AppError::bad_request("query", "is required")),

@@ -30,6 +30,9 @@ struct Container {
     pk_path: String,
 }
 
+/// How long a request waits for the client and the container to open on a fresh instance.
+const OPEN_BUDGET: Duration = Duration::from_secs(20);
+
 /// [`Store`] over one Cosmos DB container with `azure_data_cosmos`.
 pub struct CosmosStore {
     settings: CosmosSettings,
@@ -80,7 +83,26 @@ impl CosmosStore {
             .await
     }
 
+    /// The container, opened on first use. A request waits at most [`OPEN_BUDGET`] for it:
+    /// against a black-holed endpoint one attempt of the SDK takes about a minute, and waiters
+    /// queue behind each other on the cell, so without a bound the k-th request of a fresh
+    /// instance answered after k minutes (past the Functions front end's 230 s).
     async fn container(&self) -> Result<&Container, StoreError> {
+        match tokio::time::timeout(OPEN_BUDGET, self.open_container()).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = OPEN_BUDGET.as_millis() as u64,
+                    "Cosmos DB did not answer while opening the container"
+                );
+                Err(StoreError::Unavailable(
+                    "Cosmos DB is unreachable (no answer while opening the container)".into(),
+                ))
+            }
+        }
+    }
+
+    async fn open_container(&self) -> Result<&Container, StoreError> {
         self.container
             .get_or_try_init(|| async {
                 let client = self.client().await?;

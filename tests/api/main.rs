@@ -31,6 +31,7 @@ mod consistency;
 mod continuation;
 mod cosmos_outage;
 mod failover;
+mod hardening;
 mod herds;
 mod isolation;
 mod paging;
