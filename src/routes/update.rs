@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::cache::Invalidation;
 use crate::error::AppError;
+use crate::routes::query::MAX_PARTITION_KEY_BYTES;
 use crate::state::AppState;
 use crate::store::PkValue;
 use crate::store::StoreError;
@@ -124,6 +125,13 @@ fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppE
                 return Err(AppError::bad_request(
                     at(i, &pk_field),
                     format!("is required (the container's partition key is {pk_path})"),
+                ));
+            }
+            Some(Value::String(key)) if key.len() > MAX_PARTITION_KEY_BYTES => {
+                // Cosmos would refuse it mid-batch, after earlier documents were written.
+                return Err(AppError::bad_request(
+                    at(i, &pk_field),
+                    format!("is longer than {MAX_PARTITION_KEY_BYTES} bytes"),
                 ));
             }
             Some(v) => PkValue::from_json(v).ok_or_else(|| {
@@ -335,6 +343,11 @@ mod tests {
         assert_eq!(bad("not json"), "body");
         assert_eq!(bad("[]"), "body");
         assert_eq!(bad("[1]"), "[0]");
+        let long_key = format!(
+            r#"[{{"id":"a","state":"T"}},{{"id":"b","state":"{}"}}]"#,
+            "k".repeat(2049)
+        );
+        assert_eq!(bad(&long_key), "[1].state");
         assert_eq!(bad("\"x\""), "body");
         assert_eq!(
             bad(r#"[{"id":"a","state":"T"},{"id":"a","state":"T"}]"#),
