@@ -5,7 +5,7 @@ use crate::support::{Mode, Stack};
 both_modes!(bad_requests_name_the_field);
 
 async fn bad_requests_name_the_field(mode: Mode) {
-    let stack = Stack::start_with(mode, false, &[]).await;
+    let mut stack = Stack::start_with(mode, false, &[]).await;
     // The container does not exist yet: 503 naming it.
     let missing = stack.get("query?state=Texas").await;
     assert_eq!(missing.status, 503, "{}", missing.text);
