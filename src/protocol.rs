@@ -37,8 +37,11 @@ pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
 /// (each at most 2 MB in Cosmos DB).
 pub const BODY_LIMIT: usize = 16 << 20;
 /// Largest invocation envelope accepted, in bytes: the client body travels inside it as a JSON
-/// string, where escaping can double its size, plus headers and metadata.
-pub const ENVELOPE_LIMIT: usize = 2 * BODY_LIMIT + (1 << 20);
+/// string, where escaping can grow each byte up to six times (a control byte becomes
+/// `\u0001`), plus headers and metadata. A smaller limit answered a body under
+/// [`BODY_LIMIT`] with a bare 413, which fails the invocation (the client saw a 500) instead of
+/// reaching the route's own 400/413.
+pub const ENVELOPE_LIMIT: usize = 6 * BODY_LIMIT + (1 << 20);
 
 /// The handler's routes. `route_prefix` is `extensions.http.routePrefix` from `host.json`
 /// (`api` by default); forwarded requests arrive under it (§6, §8). With an empty prefix the

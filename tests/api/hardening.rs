@@ -1,6 +1,7 @@
 //! Findings of an adversarial pass, each a test that failed before its fix: a deep query that
-//! aborted the process, a token cached by a GET that its equivalent POST could not resume, and
-//! a content-type parameter mistaken for a multipart body in payload mode.
+//! aborted the process, a token cached by a GET that its equivalent POST could not resume,
+//! a content-type parameter mistaken for a multipart body in payload mode, and a body under the
+//! limit that outgrew the envelope limit once escaped.
 
 use serde_json::{Value, json};
 
@@ -9,7 +10,8 @@ use crate::support::{Mode, Stack};
 both_modes!(
     deep_query_is_refused_and_the_handler_lives,
     get_and_post_of_one_query_page_with_their_own_tokens,
-    content_type_parameter_naming_multipart_is_text
+    content_type_parameter_naming_multipart_is_text,
+    body_under_the_limit_is_answered_by_the_route
 );
 
 async fn deep_query_is_refused_and_the_handler_lives(mode: Mode) {
@@ -85,5 +87,27 @@ async fn content_type_parameter_naming_multipart_is_text(mode: Mode) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     assert_eq!(status, 200, "{text}");
+    stack.shutdown().await;
+}
+
+async fn body_under_the_limit_is_answered_by_the_route(mode: Mode) {
+    let stack = Stack::start(mode).await;
+    // 6 MiB of control bytes: under the 16 MiB body limit, but six times larger once the host
+    // escapes it into the invocation payload.
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/update", stack.base()))
+        .header("content-type", "application/json")
+        .body(vec![0x01_u8; 6 << 20])
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(status, 400, "{}", &text[..text.len().min(300)]);
+    assert!(
+        text.contains("\"field\":\"body\""),
+        "{}",
+        &text[..text.len().min(300)]
+    );
     stack.shutdown().await;
 }
