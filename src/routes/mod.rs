@@ -3,6 +3,7 @@
 //! which wire mode delivered the request.
 
 pub mod query;
+mod query_spec;
 pub mod update;
 
 use crate::api::{ApiRequest, ApiResponse, Function};

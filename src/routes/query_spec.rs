@@ -1,0 +1,365 @@
+//! A `query` request as a [`QuerySpec`]: the `GET` query string (equality filters) and the
+//! `POST` body (the Cosmos REST query shape), with the limits both share. Validation only: a
+//! malformed request is a 400 naming the field before Redis or Cosmos is asked anything.
+
+use serde_json::{Map, Value};
+
+use crate::error::AppError;
+use crate::routes::is_identifier;
+use crate::store::{PkValue, QuerySpec};
+
+/// Page size when the client gives none.
+pub const DEFAULT_MAX_ITEM_COUNT: u32 = 100;
+/// Largest page a client may ask for.
+pub const MAX_ITEM_COUNT: u32 = 1000;
+/// Query parameters that are never filters.
+pub const RESERVED: [&str; 4] = ["maxItemCount", "continuation", "partitionKey", "code"];
+
+/// Most `AND`/`OR`/`NOT` a query may hold. The Cosmos SDK plans cross-partition queries by
+/// recursing over the expression, on the request's thread: ~10,000 nested `NOT` overflowed a
+/// 2 MiB stack and aborted the process. The handler's threads have 64 MiB; this bound keeps
+/// the deepest expression far inside it, and no real filter comes near it.
+pub const MAX_QUERY_OPERATORS: usize = 4_096;
+
+/// Longest query text Cosmos DB accepts, in bytes
+/// (<https://learn.microsoft.com/azure/cosmos-db/concepts-limits#sql-query-limits>).
+pub const MAX_QUERY_BYTES: usize = 512 * 1024;
+
+/// Refuses a query the SDK could not plan safely (see [`MAX_QUERY_OPERATORS`]).
+pub(crate) fn check_nesting(text: &str) -> Result<(), AppError> {
+    let operators = text
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| {
+            ["and", "or", "not"]
+                .iter()
+                .any(|op| w.eq_ignore_ascii_case(op))
+        })
+        .count();
+    if operators > MAX_QUERY_OPERATORS {
+        return Err(AppError::bad_request(
+            "query",
+            format!(
+                "has {operators} AND/OR/NOT operators; at most {MAX_QUERY_OPERATORS} are \
+                 accepted (use IN (...) or ARRAY_CONTAINS(@list, c.field) for long lists)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Longest partition-key value Cosmos DB accepts, in bytes
+/// (<https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits>).
+pub const MAX_PARTITION_KEY_BYTES: usize = 2048;
+
+/// Builds the query of a `GET`: filters sorted by field name, as
+/// `c["<field>"] = @f_<field>` (the bracket form and the prefix keep names such as `value` or
+/// `order`, which are SQL keywords, usable).
+///
+/// # Errors
+/// `BadRequest` naming the parameter.
+pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, AppError> {
+    let mut filters: Vec<(&str, &str)> = Vec::new();
+    let mut max_item_count = DEFAULT_MAX_ITEM_COUNT;
+    let mut continuation = None;
+    let mut partition_key = None;
+    for (name, value) in query {
+        match name.as_str() {
+            "code" => {}
+            "maxItemCount" => max_item_count = parse_max_item_count(value)?,
+            "continuation" => continuation = Some(value.clone()).filter(|c| !c.is_empty()),
+            "partitionKey" if value.is_empty() => {}
+            "partitionKey" if value.len() > MAX_PARTITION_KEY_BYTES => {
+                return Err(AppError::bad_request(
+                    "partitionKey",
+                    format!("is longer than {MAX_PARTITION_KEY_BYTES} bytes"),
+                ));
+            }
+            "partitionKey" => partition_key = Some(PkValue::Str(value.clone())),
+            field => {
+                if field.is_empty() {
+                    return Err(AppError::bad_request(
+                        field,
+                        "a query parameter has no name (`?=value`); filters are `<field>=<value>`",
+                    ));
+                }
+                if !is_identifier(field) {
+                    return Err(AppError::bad_request(
+                        field,
+                        "filter names must match [A-Za-z_][A-Za-z0-9_]*",
+                    ));
+                }
+                if filters.iter().any(|(f, _)| *f == field) {
+                    return Err(AppError::bad_request(field, "is given more than once"));
+                }
+                filters.push((field, value));
+            }
+        }
+    }
+    filters.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = String::from("SELECT * FROM c");
+    for (i, (field, _)) in filters.iter().enumerate() {
+        text.push_str(if i == 0 { " WHERE " } else { " AND " });
+        text.push_str(&format!("c[\"{field}\"] = @f_{field}"));
+    }
+    Ok(QuerySpec {
+        text,
+        parameters: filters
+            .iter()
+            .map(|(f, v)| (format!("@f_{f}"), Value::String((*v).to_string())))
+            .collect(),
+        partition_key,
+        max_item_count,
+        continuation,
+    })
+}
+
+/// Scopes a `GET` query to one partition when it filters on the partition-key field (path
+/// `/state` → parameter `@f_state`): a single-partition query costs fewer RU. A value longer
+/// than a partition key can be matches nothing; it is left as a cross-partition filter.
+pub fn pin_partition(spec: &mut QuerySpec, pk_path: &str) {
+    let Some(field) = pk_path.strip_prefix('/').filter(|f| !f.contains('/')) else {
+        return;
+    };
+    let name = format!("@f_{field}");
+    if let Some((_, Value::String(v))) = spec.parameters.iter().find(|(n, _)| *n == name)
+        && v.len() <= MAX_PARTITION_KEY_BYTES
+    {
+        spec.partition_key = Some(PkValue::Str(v.clone()));
+    }
+}
+
+fn parse_max_item_count(value: &str) -> Result<u32, AppError> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_ITEM_COUNT).contains(&n) => Ok(n),
+        _ => Err(max_item_count_error()),
+    }
+}
+
+fn max_item_count_error() -> AppError {
+    AppError::bad_request(
+        "maxItemCount",
+        format!("must be a whole number from 1 to {MAX_ITEM_COUNT}"),
+    )
+}
+
+/// Builds the query of a `POST` from the Cosmos REST query shape.
+///
+/// # Errors
+/// `BadRequest` naming the JSON field (`query`, `parameters[1].name`, ...).
+pub fn spec_from_body(body: &[u8]) -> Result<QuerySpec, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(AppError::bad_request(
+            "body",
+            "is empty: expected a JSON object {\"query\": \"SELECT ...\", \"parameters\": [...]} (the Functions host drops request bodies sent without Content-Length)",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request("body", format!("is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(AppError::bad_request("body", "must be a JSON object"));
+    };
+    let known = [
+        "query",
+        "parameters",
+        "partitionKey",
+        "maxItemCount",
+        "continuation",
+    ];
+    if let Some(unknown) = object.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(AppError::bad_request(
+            unknown.as_str(),
+            format!(
+                "is not a known field (expected one of {})",
+                known.join(", ")
+            ),
+        ));
+    }
+    let text = match object.get("query") {
+        Some(Value::String(q)) if q.len() > MAX_QUERY_BYTES => {
+            return Err(AppError::bad_request(
+                "query",
+                format!("is longer than Cosmos DB's {MAX_QUERY_BYTES} bytes"),
+            ));
+        }
+        Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
+        Some(_) => return Err(AppError::bad_request("query", "must be a non-empty string")),
+        None => return Err(AppError::bad_request("query", "is required")),
+    };
+    let parameters = parse_parameters(&object)?;
+    let partition_key = match object.get("partitionKey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() > MAX_PARTITION_KEY_BYTES => {
+            return Err(AppError::bad_request(
+                "partitionKey",
+                format!("is longer than {MAX_PARTITION_KEY_BYTES} bytes"),
+            ));
+        }
+        Some(v) => Some(PkValue::from_json(v).ok_or_else(|| {
+            AppError::bad_request("partitionKey", "must be a string, number or boolean")
+        })?),
+    };
+    let max_item_count = match object.get("maxItemCount") {
+        None | Some(Value::Null) => DEFAULT_MAX_ITEM_COUNT,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) if (1..=u64::from(MAX_ITEM_COUNT)).contains(&n) => n as u32,
+            _ => return Err(max_item_count_error()),
+        },
+        Some(_) => return Err(max_item_count_error()),
+    };
+    let continuation = match object.get("continuation") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "continuation",
+                "must be the string from a previous response, or null",
+            ));
+        }
+    };
+    Ok(QuerySpec {
+        text,
+        parameters,
+        partition_key,
+        max_item_count,
+        continuation,
+    })
+}
+
+fn parse_parameters(object: &Map<String, Value>) -> Result<Vec<(String, Value)>, AppError> {
+    let list = match object.get("parameters") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "parameters",
+                "must be an array of {\"name\": \"@x\", \"value\": ...}",
+            ));
+        }
+    };
+    let mut parameters: Vec<(String, Value)> = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let name = match p.get("name") {
+            Some(Value::String(n)) if n.strip_prefix('@').is_some_and(is_identifier) => n.clone(),
+            _ => {
+                return Err(AppError::bad_request(
+                    format!("parameters[{i}].name"),
+                    "must be a string such as \"@city\" (@ followed by [A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+        };
+        let Some(value) = p.get("value") else {
+            return Err(AppError::bad_request(
+                format!("parameters[{i}].value"),
+                "is required",
+            ));
+        };
+        if parameters.iter().any(|(n, _)| *n == name) {
+            return Err(AppError::bad_request(
+                format!("parameters[{i}].name"),
+                "is given more than once",
+            ));
+        }
+        parameters.push((name, value.clone()));
+    }
+    parameters.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(parameters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn field_of(e: AppError) -> String {
+        match e {
+            AppError::BadRequest { field, .. } => field,
+            other => panic!("expected BadRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_builds_sorted_parameterized_sql_and_pins_partition() {
+        let mut spec = spec_from_query_string(&q(&[
+            ("state", "Texas"),
+            ("city", "Austin"),
+            ("code", "k"),
+            ("maxItemCount", "5"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            spec.partition_key, None,
+            "pinned only once the pk path is known"
+        );
+        pin_partition(&mut spec, "/state");
+        assert_eq!(
+            spec.text,
+            "SELECT * FROM c WHERE c[\"city\"] = @f_city AND c[\"state\"] = @f_state"
+        );
+        assert_eq!(
+            spec.parameters[0],
+            ("@f_city".into(), Value::String("Austin".into()))
+        );
+        assert_eq!(spec.partition_key, Some(PkValue::Str("Texas".into())));
+        assert_eq!(spec.max_item_count, 5);
+        let mut all = spec_from_query_string(&q(&[])).expect("valid");
+        pin_partition(&mut all, "/state");
+        assert_eq!(all.text, "SELECT * FROM c");
+        assert_eq!(all.partition_key, None);
+    }
+
+    #[test]
+    fn get_rejects_bad_names_and_sizes() {
+        let bad = |pairs: &[(&str, &str)]| {
+            field_of(spec_from_query_string(&q(pairs)).expect_err("invalid"))
+        };
+        assert_eq!(bad(&[("c.state", "x")]), "c.state");
+        assert_eq!(bad(&[("maxItemCount", "0")]), "maxItemCount");
+        assert_eq!(bad(&[("maxItemCount", "2000")]), "maxItemCount");
+        assert_eq!(bad(&[("maxItemCount", "ten")]), "maxItemCount");
+        assert_eq!(bad(&[("city", "a"), ("city", "b")]), "city");
+    }
+
+    #[test]
+    fn post_body_shape() {
+        let spec = spec_from_body(
+            br#"{"query":"SELECT * FROM c WHERE c.city = @c AND c.state = @s","parameters":[{"name":"@s","value":"Ohio"},{"name":"@c","value":"Columbus"}],"partitionKey":"Ohio","maxItemCount":7}"#,
+        )
+        .expect("valid");
+        assert_eq!(spec.parameters[0].0, "@c", "sorted by name");
+        assert_eq!(spec.partition_key, Some(PkValue::Str("Ohio".into())));
+        assert_eq!(spec.max_item_count, 7);
+        let bad = |body: &str| field_of(spec_from_body(body.as_bytes()).expect_err("invalid"));
+        assert_eq!(bad("{"), "body");
+        assert_eq!(bad(""), "body");
+        assert_eq!(bad("[]"), "body");
+        assert_eq!(bad(r#"{"parameters":[]}"#), "query");
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","parameters":[{"name":"x","value":1}]}"#),
+            "parameters[0].name"
+        );
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","parameters":[{"name":"@x"}]}"#),
+            "parameters[0].value"
+        );
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","maxItemCount":0}"#),
+            "maxItemCount"
+        );
+        assert_eq!(
+            bad(r#"{"query":"SELECT 1","partitionKey":{}}"#),
+            "partitionKey"
+        );
+        assert_eq!(bad(r#"{"query":"SELECT 1","qeury":1}"#), "qeury");
+        let long_key = format!(
+            r#"{{"query":"SELECT 1","partitionKey":"{}"}}"#,
+            "k".repeat(2049)
+        );
+        assert_eq!(bad(&long_key), "partitionKey");
+    }
+}
