@@ -4,6 +4,7 @@
 //!
 //! - `cosmos.rs`: [`CosmosStore`], the only code that uses `azure_data_cosmos` (pinned at
 //!   `=1.0.0`: its API moved a lot between releases);
+//! - `paging.rs`: whether a query has more pages, from the SDK's token;
 //! - `failure.rs`: how an SDK error (status, sub-status, wire or client-side) becomes a
 //!   [`StoreError`].
 
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 mod cosmos;
 mod failure;
+mod paging;
 
 pub use cosmos::CosmosStore;
 
