@@ -17,9 +17,6 @@
 //!
 //! Every load is on 127.0.0.1, bounded in count and time.
 
-#[path = "../tests/support/host_emulator.rs"]
-mod host_emulator;
-
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -41,7 +38,7 @@ use serde_json::{Value, json};
 /// The well-known Cosmos DB emulator key (the local server accepts any key).
 const COSMOS_KEY: &str =
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
-/// SDK settings only a local Cosmos-protocol server needs (tests/support/cosmos_server.rs).
+/// SDK settings only a local Cosmos-protocol server needs (crates/test-support/src/cosmos_server.rs).
 const SDK_ENV: [(&str, &str); 3] = [
     ("AZURE_COSMOS_BINARY_ENCODING_ENABLED", "false"),
     ("AZURE_COSMOS_CONNECTION_POOL_IS_HTTP2_ALLOWED", "false"),

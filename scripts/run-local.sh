@@ -63,7 +63,7 @@ export COSMOS_CONNECTION_STRING=""
 
 # 4. Build
 echo "== building the handler (release) and the host emulator (the first build takes several minutes)"
-cargo build --release --bin handler --example host_emulator
+cargo build --release --bin handler --bin host-emulator
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 # 5. Data: the 1,001-city CSV committed in data/ (plotly's public us-cities-top-1k, see data/README.md)
@@ -75,7 +75,7 @@ echo "== loading $CSV into $COSMOS_DATABASE/$COSMOS_CONTAINER"
 # where the handler's own port is read from.
 echo "== starting the host emulator on 127.0.0.1:$HOST_PORT"
 : >"$RUN/host.log"
-"$TARGET_DIR/release/examples/host_emulator" --app-root "$ROOT" --port "$HOST_PORT" --executable "$TARGET_DIR/release/handler" \
+"$TARGET_DIR/release/host-emulator" --app-root "$ROOT" --port "$HOST_PORT" --executable "$TARGET_DIR/release/handler" \
   > >(tee -a "$RUN/host.log") 2>&1 &
 pids+=($!)
 # The emulator listens once the handler answered its readiness probe. Wait for the port with a

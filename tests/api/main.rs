@@ -3,8 +3,7 @@
 //! reads the repository's own `host.json` and `function.json` files. Every scenario runs in
 //! both wire modes (invocation payload and forwarding).
 
-#[path = "../support/mod.rs"]
-mod support;
+use test_support as support;
 
 /// Declares `<scenario>::payload` and `<scenario>::forwarding` tests for an
 /// `async fn <scenario>(Mode)`.

@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::chaos_proxy::{Behaviour, ChaosProxy};
-use super::redis_server::RedisServer;
-use super::scratch::ScratchDir;
+use crate::chaos_proxy::{Behaviour, ChaosProxy};
+use crate::redis_server::RedisServer;
+use crate::scratch::ScratchDir;
 
 /// Two `redis-server`s, one replicating the other, and the proxy clients connect to.
 pub struct ReplicatedRedis {

@@ -26,7 +26,7 @@ pub struct CosmosServer {
 }
 
 fn cosmos_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cosmos")
+    crate::repo_root().join("tests/cosmos")
 }
 
 /// The server shared by all tests of this binary.

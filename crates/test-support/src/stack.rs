@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::cosmos_server::{self, CosmosServer};
-use super::host_emulator::{EmulatorConfig, HostEmulator};
-use super::redis_server::RedisServer;
+use crate::cosmos_server::{self, CosmosServer};
+use crate::host_emulator::{EmulatorConfig, HostEmulator};
+use crate::redis_server::RedisServer;
 
 /// How the host delivers requests to the handler (protocol §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum Mode {
 
 /// The 1,000-city data set, `data/us-cities-top-1k.csv` (see `data/README.md`).
 pub fn cities_csv() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/us-cities-top-1k.csv")
+    crate::repo_root().join("data/us-cities-top-1k.csv")
 }
 
 /// One CSV row, read independently of the code under test.
@@ -241,7 +241,7 @@ impl Stack {
             if attempt > 0 {
                 self.database = unique_database();
             }
-            let output = Command::new(env!("CARGO_BIN_EXE_handler"))
+            let output = Command::new(crate::handler_exe())
                 .args(["seed", "--csv"])
                 .arg(cities_csv())
                 .envs(self.cosmos.sdk_env(&self.database, CONTAINER))
@@ -261,8 +261,8 @@ impl Stack {
             host.shutdown().await;
         }
         let config = EmulatorConfig {
-            app_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            executable: Some(PathBuf::from(env!("CARGO_BIN_EXE_handler"))),
+            app_root: crate::repo_root(),
+            executable: Some(crate::handler_exe()),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             env: self.handler_env(),
         };

@@ -1,14 +1,10 @@
-//! Tests of the Functions host emulator (`tests/support/host_emulator.rs`) itself.
+//! Tests of the Functions host emulator (this crate) itself.
 //!
 //! The pure translation functions are checked against the protocol cases in `tests/protocol/`
 //! (read at test time; every expected value comes from a case file, placeholders such as
 //! `{PORT}` are filled in or matched as wildcards). `docs/custom-handler-protocol.md` describes
 //! the protocol they capture. One end-to-end
 //! test starts a small Python echo handler through the emulator in both wire modes.
-
-// Only the emulator module: the other support modules (Redis/Cosmos control) are not needed here.
-#[path = "support/host_emulator.rs"]
-mod host_emulator;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,7 +23,12 @@ use serde_json::{Value, json};
 // Helpers
 // ------------------------------------------------------------------------------------------
 
-const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/protocol");
+const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/protocol");
+
+/// The repository root: the app's `host.json` and function folders.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// Loads the protocol case `tests/protocol/<name>.json` (see `docs/custom-handler-protocol.md`).
 fn vector(name: &str) -> Value {
@@ -783,7 +784,7 @@ fn path_selection_matrix() {
 
 #[test]
 fn app_setting_overrides_forwarding_flag_case_insensitively() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &repo_root();
     let text = std::fs::read_to_string(root.join("host.json")).expect("project host.json");
     let base = emu::parse_host_json(&text, &[]).expect("project host.json parses");
     for (value, expected) in [("false", WireMode::Payload), ("True", WireMode::Forwarding)] {
@@ -817,7 +818,7 @@ fn app_setting_overrides_forwarding_flag_case_insensitively() {
 
 #[test]
 fn project_functions_route_with_methods() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &repo_root();
     let functions = emu::load_functions(root).expect("project function.json files");
     let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
     assert!(

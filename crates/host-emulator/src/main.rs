@@ -3,16 +3,13 @@
 //!
 //! ```text
 //! cargo build --release
-//! cargo run --example host_emulator -- --app-root . --port 7071 --executable target/release/handler
+//! cargo run -p host-emulator -- --app-root . --port 7071 --executable target/release/handler
 //! ```
 //!
 //! Prints `Functions host emulator: http://127.0.0.1:7071/api/{query,update} (mode: ...)` and
 //! `handler: 127.0.0.1:N ...` (the handler's own port) once the handler answered the readiness
 //! probe; Ctrl-C or SIGTERM stops the handler (SIGTERM) and
-//! exits. The protocol logic lives in `tests/support/host_emulator.rs`.
-
-#[path = "../tests/support/host_emulator.rs"]
-mod host_emulator;
+//! exits. The protocol logic is this crate's library.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -21,7 +18,7 @@ use std::process::ExitCode;
 use host_emulator::{EmulatorConfig, HOST_OVERRIDE_PREFIX, HostEmulator};
 
 const USAGE: &str = "\
-usage: cargo run --example host_emulator -- [options]
+usage: cargo run -p host-emulator -- [options]
 
 options:
   --app-root DIR        folder with host.json and <function>/function.json (default: .)
