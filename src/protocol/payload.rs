@@ -1,137 +1,22 @@
-//! The custom handler protocol: two thin wire adapters onto one [`ApiRequest`]/[`ApiResponse`].
-//! "§" references are to `docs/custom-handler-protocol.md` (what the handler relies on from the
-//! Functions host).
-//!
-//! - **Invocation payload** (§4, §5): `POST /{FunctionName}` with `{"Data":{"req":{...}},
-//!   "Metadata":{...}}`, answered `200 application/json` `{"Outputs":{"res":{"statusCode":"200",
-//!   "headers":{...},"body":"..."}},"Logs":[...],"ReturnValue":null}`. A body that is not an
-//!   invocation at all gets a 400, which fails the invocation (§5.1); a bad *client* request
-//!   inside a valid invocation gets `res.statusCode` 4xx.
-//! - **Forwarding** (§6) and proxying (§7): the client's request on its original path
-//!   `/{routePrefix}/{function}`, answered with a plain HTTP response.
-//! - **Readiness** (§3.3): `GET /` answers at once, before Redis or Cosmos are reachable.
+//! Invocation-payload mode (§4, §5): `POST /{FunctionName}` with `{"Data":{"req":{...}},
+//! "Metadata":{...}}` in, `{"Outputs":{"res":{...}},"Logs":[...],"ReturnValue":null}` out.
 
-use std::time::Instant;
-
-use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::{
+    BODY_LIMIT, ENVELOPE_LIMIT, HTTP_TRIGGER, function_and_body, invocation_id, json_response, run,
+};
 use crate::api::{ApiRequest, ApiResponse, Function};
 use crate::error::AppError;
-use crate::routes;
 use crate::state::AppState;
 
-/// Name of the HTTP output binding in both `function.json` files (`Outputs.res`, §5.4).
-pub const HTTP_OUTPUT: &str = "res";
-/// Name of the HTTP trigger binding in both `function.json` files (`Data.req`, §4.2).
-pub const HTTP_TRIGGER: &str = "req";
-/// Header carrying the host's invocation id (§4.1, §6).
-pub const INVOCATION_ID: &str = "x-azure-functions-invocationid";
-/// Largest client body accepted, in bytes (16 MiB): room for an `update` batch of documents
-/// (each at most 2 MB in Cosmos DB).
-pub const BODY_LIMIT: usize = 16 << 20;
-/// Largest invocation envelope accepted, in bytes: the client body travels inside it as a JSON
-/// string, where escaping can grow each byte up to six times (a control byte becomes
-/// `\u0001`), plus headers and metadata. A smaller limit answered a body under
-/// [`BODY_LIMIT`] with a bare 413, which fails the invocation (the client saw a 500) instead of
-/// reaching the route's own 400/413.
-pub const ENVELOPE_LIMIT: usize = 6 * BODY_LIMIT + (1 << 20);
-
-/// The handler's routes. `route_prefix` is `extensions.http.routePrefix` from `host.json`
-/// (`api` by default); forwarded requests arrive under it (§6, §8). With an empty prefix the
-/// forwarded paths would equal the payload paths, so only payload mode is served then.
-pub fn router(state: AppState, route_prefix: &str) -> Router {
-    let prefix = route_prefix.trim_matches('/');
-    let mut router = Router::new()
-        .route("/", get(ready).head(ready))
-        .route("/_diagnostics", get(diagnostics))
-        .route("/{function}", post(invocation));
-    if prefix.is_empty() {
-        tracing::warn!("routePrefix is empty: forwarded requests cannot be told from invocations");
-    } else {
-        // The host's router matches `/api/query/` as `/api/query` and forwards the original
-        // path, trailing slash included (cf. Azure/azure-functions-host#969).
-        router = router
-            .route(&format!("/{prefix}/{{function}}"), any(forwarded))
-            .route(&format!("/{prefix}/{{function}}/"), any(forwarded));
-    }
-    router
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(ENVELOPE_LIMIT))
-        .with_state(state)
-}
-
-/// Readiness probe and ping (§3.3): any response means ready.
-async fn ready() -> &'static str {
-    "ready"
-}
-
-/// Read-only counters of this instance (not routed by the host: only reachable on loopback).
-async fn diagnostics(State(state): State<AppState>) -> Response {
-    let body = json!({ "cache": state.cache.stats_json() });
-    json_response(StatusCode::OK, Bytes::from(body.to_string()))
-}
-
-/// The function named in the path and the request body (at most `limit` bytes), or the error:
-/// 404 for an unknown function, 413 for a body over the limit, 400 for an unreadable body.
-fn function_and_body(
-    name: &str,
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<(Function, Bytes), AppError> {
-    let function =
-        Function::from_name(name).ok_or_else(|| AppError::NotFound("no such function".into()))?;
-    match body {
-        Ok(b) if b.len() <= limit => Ok((function, b)),
-        Ok(_) => Err(AppError::PayloadTooLarge { limit_bytes: limit }),
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(AppError::PayloadTooLarge {
-            limit_bytes: ENVELOPE_LIMIT,
-        }),
-        Err(_) => Err(AppError::bad_request("body", "could not be read")),
-    }
-}
-
-async fn not_found() -> Response {
-    AppError::NotFound("no such function".into())
-        .into_api_response()
-        .into_http()
-}
-
-/// Forwarding/proxying mode: the client's own request (§6, §7).
-async fn forwarded(
-    State(state): State<AppState>,
-    Path(function): Path<String>,
-    method: Method,
-    RawQuery(raw_query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (function, body) = match function_and_body(&function, body, BODY_LIMIT) {
-        Ok(found) => found,
-        Err(e) => return e.into_api_response().into_http(),
-    };
-    let query = raw_query
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let request = ApiRequest {
-        function,
-        method,
-        query,
-        body,
-        invocation_id: invocation_id(&headers),
-    };
-    let (response, _) = run(&state, &request, "forwarded").await;
-    response.into_http()
-}
-
 /// Invocation-payload mode (§4, §5).
-async fn invocation(
+pub(super) async fn invocation(
     State(state): State<AppState>,
     Path(function): Path<String>,
     headers: HeaderMap,
@@ -166,71 +51,6 @@ async fn invocation(
         StatusCode::OK,
         Bytes::from(invocation_result(&response, &log_line)),
     )
-}
-
-/// Dispatches and writes the one log line per invocation; returns the line for `Logs`.
-async fn run(state: &AppState, request: &ApiRequest, mode: &'static str) -> (ApiResponse, String) {
-    let started = Instant::now();
-    let response = routes::dispatch(state, request).await;
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let cache = response.cache.map_or("-", |c| c.as_str());
-    let ru = response.request_charge.unwrap_or(0.0);
-    let invocation_id = request.invocation_id.as_deref().unwrap_or("-");
-    tracing::info!(
-        function = request.function.name(),
-        method = %request.method,
-        mode,
-        status = response.status.as_u16(),
-        cache,
-        duration_ms = format_args!("{duration_ms:.2}"),
-        ru,
-        invocation_id,
-        "invocation"
-    );
-    let line = format!(
-        "{} {} -> {} cache={} {:.2}ms RU={:.2}",
-        request.function.name(),
-        request.method,
-        response.status.as_u16(),
-        cache,
-        duration_ms,
-        ru
-    );
-    (response, line)
-}
-
-fn invocation_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(INVOCATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-fn json_response(status: StatusCode, body: Bytes) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
-impl ApiResponse {
-    /// Renders this response for forwarding mode (and for errors outside any function).
-    pub fn into_http(self) -> Response {
-        let mut response = json_response(self.status, self.body.clone());
-        for (name, value) in self.extra_headers() {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                response
-                    .headers_mut()
-                    .insert(HeaderName::from_static(name), v);
-            }
-        }
-        response
-    }
 }
 
 /// The `{Outputs, Logs, ReturnValue}` envelope of §5 for `response`, serialized. `statusCode`

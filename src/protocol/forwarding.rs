@@ -1,0 +1,54 @@
+//! Forwarding mode (§6) and proxying (§7): the client's own request on its original path,
+//! answered with a plain HTTP response.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::response::Response;
+use bytes::Bytes;
+
+use super::{BODY_LIMIT, function_and_body, invocation_id, json_response, run};
+use crate::api::{ApiRequest, ApiResponse};
+use crate::state::AppState;
+
+/// Forwarding/proxying mode: the client's own request (§6, §7).
+pub(super) async fn forwarded(
+    State(state): State<AppState>,
+    Path(function): Path<String>,
+    method: Method,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (function, body) = match function_and_body(&function, body, BODY_LIMIT) {
+        Ok(found) => found,
+        Err(e) => return e.into_api_response().into_http(),
+    };
+    let query = raw_query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let request = ApiRequest {
+        function,
+        method,
+        query,
+        body,
+        invocation_id: invocation_id(&headers),
+    };
+    let (response, _) = run(&state, &request, "forwarded").await;
+    response.into_http()
+}
+
+impl ApiResponse {
+    /// Renders this response for forwarding mode (and for errors outside any function).
+    pub fn into_http(self) -> Response {
+        let mut response = json_response(self.status, self.body.clone());
+        for (name, value) in self.extra_headers() {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), v);
+            }
+        }
+        response
+    }
+}
