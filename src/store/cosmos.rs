@@ -14,7 +14,7 @@ use azure_data_cosmos::options::{
     MaxItemCountHint, OperationOptionsBuilder, QueryOptions, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
-    AccountEndpoint, AccountReference, CosmosClient, CosmosError, FeedScope, Query, RoutingStrategy,
+    AccountEndpoint, AccountReference, CosmosClient, FeedScope, Query, RoutingStrategy,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -22,7 +22,9 @@ use tokio::sync::OnceCell;
 
 use crate::config::CosmosSettings;
 
-use super::failure::{Failure, cosmos_message, map_error, query_refusal, sub_status, substatus};
+use super::failure::{
+    container_missing, map_error, query_error, sub_status, substatus, write_error,
+};
 use super::paging::next_page_token;
 use super::{PkValue, QueryPage, QuerySpec, Store, StoreError};
 
@@ -113,7 +115,7 @@ impl CosmosStore {
                     .await
                     .map_err(|e| {
                         if e.status().is_not_found() {
-                            self.container_missing()
+                            container_missing(&self.settings)
                         } else {
                             map_error(&e, "open container")
                         }
@@ -170,7 +172,7 @@ impl Store for CosmosStore {
         let mut pages = container
             .query_items::<Value>(query, scope, Some(options))
             .await
-            .map_err(|e| self.map_query_error(&e, spec))?
+            .map_err(|e| query_error(&self.settings, &e, spec))?
             .into_pages();
         let mut items = Vec::new();
         let mut request_charge = 0.0;
@@ -185,7 +187,7 @@ impl Store for CosmosStore {
                     request_charge,
                 });
             };
-            let page = page.map_err(|e| self.map_query_error(&e, spec))?;
+            let page = page.map_err(|e| query_error(&self.settings, &e, spec))?;
             request_charge += page.headers().request_charge().map_or(0.0, |c| c.value());
             items.extend(page.into_items());
             match pages.to_continuation_token() {
@@ -215,7 +217,7 @@ impl Store for CosmosStore {
         let response = container
             .upsert_item(pk.to_cosmos()?, id, doc, None)
             .await
-            .map_err(|e| self.map_write_error(&e, "upsert"))?;
+            .map_err(|e| write_error(&self.settings, &e, "upsert"))?;
         Ok(response
             .headers()
             .request_charge()
@@ -231,7 +233,7 @@ impl Store for CosmosStore {
                 if e.status().is_not_found() && e.is_from_wire() {
                     StoreError::NotFound(format!("no document with id {id:?} in that partition"))
                 } else {
-                    self.map_write_error(&e, "delete")
+                    write_error(&self.settings, &e, "delete")
                 }
             })?;
         Ok(response
@@ -246,82 +248,6 @@ impl Store for CosmosStore {
 const BUFFERED_PAGES_PER_ANSWER: usize = 16;
 
 impl CosmosStore {
-    fn container_missing(&self) -> StoreError {
-        StoreError::Unavailable(format!(
-            "Cosmos DB container {}/{} does not exist",
-            self.settings.database, self.settings.container
-        ))
-    }
-
-    fn map_query_error(&self, e: &CosmosError, spec: &QuerySpec) -> StoreError {
-        let failure = Failure::of(e);
-        if let Some(sub) = failure.sub_status {
-            if spec.continuation.is_some() && substatus::CONTINUATION_UNUSABLE.contains(&sub) {
-                tracing::warn!(error = %e, "unusable continuation token");
-                return StoreError::input(
-                    "continuation",
-                    "can no longer resume this query (the container's partitions changed, or \
-                     the token is from another query); start again without continuation",
-                );
-            }
-            if substatus::PARTITION_KEY.contains(&sub) && !failure.from_wire {
-                return StoreError::input("partitionKey", cosmos_message(e));
-            }
-            if failure.status == 400
-                && let Some(reason) = query_refusal(sub)
-            {
-                tracing::info!(error = %e, "query refused");
-                return StoreError::Query(reason.into());
-            }
-        }
-        if spec.continuation.is_some()
-            && failure.status == 400
-            && cosmos_message(e)
-                .to_ascii_lowercase()
-                .contains("continuation")
-        {
-            tracing::warn!(error = %e, "continuation token refused");
-            return StoreError::input(
-                "continuation",
-                "is not a continuation token of this query (use the `continuation` of the previous page, unchanged)",
-            );
-        }
-        if failure.status == 400 && (failure.from_wire || failure.sub_status.is_none()) {
-            let message = cosmos_message(e);
-            // A server without a cross-partition plan for this query (the local emulator, for
-            // aggregates) asks for a request header the client cannot set: say what it can do.
-            if message.contains("enablecrosspartition") {
-                return StoreError::Query(
-                    "Cosmos DB cannot run this query across partitions here (an aggregate \
-                     without a cross-partition plan): scope it to one partition with partitionKey"
-                        .into(),
-                );
-            }
-            return StoreError::Query(message);
-        }
-        if failure.status == 404 && failure.from_wire {
-            return self.container_missing();
-        }
-        map_error(e, "query")
-    }
-
-    /// Cosmos refusals the client can act on keep their status; the rest as [`map_error`].
-    fn map_write_error(&self, e: &CosmosError, operation: &'static str) -> StoreError {
-        let status = e.status();
-        let code = u16::from(status.status_code());
-        if e.is_from_wire() && matches!(code, 400 | 409 | 412 | 413) {
-            tracing::warn!(operation, error = %e, "Cosmos DB refused the write");
-            return StoreError::Refused {
-                status: code,
-                message: cosmos_message(e),
-            };
-        }
-        if status.is_not_found() && e.is_from_wire() {
-            return self.container_missing();
-        }
-        map_error(e, operation)
-    }
-
     /// Creates the database and the container (partition key `pk_path`) when missing. For the
     /// seeding command and tests; the handler itself never creates resources.
     ///

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use azure_data_cosmos::CosmosError;
 
-use super::StoreError;
+use super::{QuerySpec, StoreError};
+use crate::config::CosmosSettings;
 
 /// Cosmos sub-status codes the mapping needs. Numbers from `azure_data_cosmos_driver` 1.0.0
 /// `src/error/status_codes.rs` (client-side, HTTP 400/500 without a wire response) and the
@@ -140,6 +141,93 @@ pub(super) fn cosmos_message(e: &CosmosError) -> String {
 pub(super) fn map_error(e: &CosmosError, operation: &'static str) -> StoreError {
     tracing::warn!(operation, error = %e, "Cosmos DB call failed");
     Failure::of(e).classify()
+}
+
+/// The container named in the settings does not exist (a 404 from Cosmos).
+pub(super) fn container_missing(settings: &CosmosSettings) -> StoreError {
+    StoreError::Unavailable(format!(
+        "Cosmos DB container {}/{} does not exist",
+        settings.database, settings.container
+    ))
+}
+
+/// A failed query: the refusals the client can act on (its continuation, its partition key,
+/// a shape Cosmos will not run) keep a 400 with the fix in words; the rest as [`map_error`].
+pub(super) fn query_error(
+    settings: &CosmosSettings,
+    e: &CosmosError,
+    spec: &QuerySpec,
+) -> StoreError {
+    let failure = Failure::of(e);
+    if let Some(sub) = failure.sub_status {
+        if spec.continuation.is_some() && substatus::CONTINUATION_UNUSABLE.contains(&sub) {
+            tracing::warn!(error = %e, "unusable continuation token");
+            return StoreError::input(
+                "continuation",
+                "can no longer resume this query (the container's partitions changed, or \
+                 the token is from another query); start again without continuation",
+            );
+        }
+        if substatus::PARTITION_KEY.contains(&sub) && !failure.from_wire {
+            return StoreError::input("partitionKey", cosmos_message(e));
+        }
+        if failure.status == 400
+            && let Some(reason) = query_refusal(sub)
+        {
+            tracing::info!(error = %e, "query refused");
+            return StoreError::Query(reason.into());
+        }
+    }
+    if spec.continuation.is_some()
+        && failure.status == 400
+        && cosmos_message(e)
+            .to_ascii_lowercase()
+            .contains("continuation")
+    {
+        tracing::warn!(error = %e, "continuation token refused");
+        return StoreError::input(
+            "continuation",
+            "is not a continuation token of this query (use the `continuation` of the previous page, unchanged)",
+        );
+    }
+    if failure.status == 400 && (failure.from_wire || failure.sub_status.is_none()) {
+        let message = cosmos_message(e);
+        // A server without a cross-partition plan for this query (the local emulator, for
+        // aggregates) asks for a request header the client cannot set: say what it can do.
+        if message.contains("enablecrosspartition") {
+            return StoreError::Query(
+                "Cosmos DB cannot run this query across partitions here (an aggregate \
+                 without a cross-partition plan): scope it to one partition with partitionKey"
+                    .into(),
+            );
+        }
+        return StoreError::Query(message);
+    }
+    if failure.status == 404 && failure.from_wire {
+        return container_missing(settings);
+    }
+    map_error(e, "query")
+}
+
+/// Cosmos refusals the client can act on keep their status; the rest as [`map_error`].
+pub(super) fn write_error(
+    settings: &CosmosSettings,
+    e: &CosmosError,
+    operation: &'static str,
+) -> StoreError {
+    let status = e.status();
+    let code = u16::from(status.status_code());
+    if e.is_from_wire() && matches!(code, 400 | 409 | 412 | 413) {
+        tracing::warn!(operation, error = %e, "Cosmos DB refused the write");
+        return StoreError::Refused {
+            status: code,
+            message: cosmos_message(e),
+        };
+    }
+    if status.is_not_found() && e.is_from_wire() {
+        return container_missing(settings);
+    }
+    map_error(e, operation)
 }
 
 #[cfg(test)]
