@@ -75,12 +75,77 @@ pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
     })
 }
 
-/// Why the handler cannot start with valid settings.
+/// Why the handler cannot start, or stopped serving, with valid settings.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartupError {
     /// The Redis client cannot be built.
     #[error("Redis: {0}")]
     Redis(#[from] cache::CacheBuildError),
+    /// The listener failed (an I/O error accepting connections).
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+/// Serves the handler on `listener` until `shutdown` completes, then drains in-flight requests
+/// and returns. What `handler serve` does after reading the settings and binding
+/// `127.0.0.1:FUNCTIONS_CUSTOMHANDLER_PORT`; tests call it in-process on a port-0 listener.
+///
+/// `app_root` is the folder with `host.json` (the host sets `FUNCTIONS_APP_ROOT_PATH`), read
+/// for `extensions.http.routePrefix`. Starts two background tasks: the cache counters logged
+/// once a minute when they changed, and a first contact with Cosmos (its failure is logged;
+/// requests retry).
+///
+/// # Errors
+/// [`StartupError`] when the clients cannot be built or the server fails.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    settings: &Settings,
+    app_root: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    install_crypto_provider();
+    let state = build_state(settings)?;
+    let prefix = route_prefix(app_root);
+    let app = router(state.clone(), &prefix);
+    tokio::spawn(log_counters(state.cache.clone()));
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.partition_key_path().await {
+            tracing::warn!(error = %e, "Cosmos DB not ready at start-up; will retry per request");
+        }
+    });
+    tracing::info!(
+        addr = %listener.local_addr().map_err(|e| StartupError::Serve(e.to_string()))?,
+        route_prefix = %prefix,
+        redis = %settings.redis.display_addr,
+        redis_tls = settings.redis.tls,
+        redis_cluster = settings.redis.cluster,
+        database = %settings.cosmos.database,
+        container = %settings.cosmos.container,
+        "custom handler listening"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| StartupError::Serve(e.to_string()))?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Logs the cache counters once a minute when they changed (a cheap heartbeat in the
+/// Functions log stream).
+async fn log_counters(cache: cache::Cache) {
+    let mut last = cache.stats_json();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = cache.stats_json();
+        if now != last {
+            tracing::info!(counters = %now, "cache counters");
+            last = now;
+        }
+    }
 }
 
 /// Installs rustls' crypto provider for `rediss://` (the redis crate panics on the first TLS

@@ -64,29 +64,9 @@ async fn serve() -> ExitCode {
         }
     };
     telemetry::init(settings.json_logs);
-    cosmos_cache_handler::install_crypto_provider();
-    let state = match cosmos_cache_handler::build_state(&settings) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("start-up error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let app_root = std::env::var_os("FUNCTIONS_APP_ROOT_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    let prefix = cosmos_cache_handler::route_prefix(&app_root);
-    let app = cosmos_cache_handler::router(state.clone(), &prefix);
-    tokio::spawn(log_counters(state.cache.clone()));
-    // Open the Cosmos client and read the container's partition-key path in the background, so
-    // the first GET does not pay for it; readiness does not wait (errors are retried per request).
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.partition_key_path().await {
-            tracing::warn!(error = %e, "Cosmos DB not ready at start-up; will retry per request");
-        }
-    });
-    // The host always calls 127.0.0.1 (protocol §2.3).
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -94,44 +74,11 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(
-        port = settings.port,
-        route_prefix = %prefix,
-        redis = %settings.redis.display_addr,
-        redis_tls = settings.redis.tls,
-        redis_cluster = settings.redis.cluster,
-        database = %settings.cosmos.database,
-        container = %settings.cosmos.container,
-        "custom handler listening"
-    );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
-    match served {
-        Ok(()) => {
-            tracing::info!("shut down");
-            ExitCode::SUCCESS
-        }
+    match cosmos_cache_handler::run(listener, &settings, &app_root, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("server error: {e}");
+            eprintln!("start-up error: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Logs the cache counters once a minute, when they changed in that minute (they are also
-/// served, live, by `GET /_diagnostics` on the handler's port). Nothing is logged while the
-/// handler is idle, not even the all-zero counters at start.
-async fn log_counters(cache: cosmos_cache_handler::cache::Cache) {
-    let mut last = cache.stats_json();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let now = cache.stats_json();
-        if now != last {
-            tracing::info!(counters = %now, "cache counters");
-            last = now;
         }
     }
 }

@@ -7,8 +7,8 @@ use cosmos_cache_handler::config::Settings;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-fn app() -> axum::Router {
-    let settings = Settings::from_lookup(|name| {
+fn settings() -> Settings {
+    Settings::from_lookup(|name| {
         match name {
             "REDIS_CONNECTION_STRING" => Some("redis://127.0.0.1:1"),
             "COSMOS_ENDPOINT" => Some("http://127.0.0.1:1/"),
@@ -19,8 +19,11 @@ fn app() -> axum::Router {
         }
         .map(str::to_string)
     })
-    .expect("settings");
-    let state = cosmos_cache_handler::build_state(&settings).expect("state");
+    .expect("settings")
+}
+
+fn app() -> axum::Router {
+    let state = cosmos_cache_handler::build_state(&settings()).expect("state");
     cosmos_cache_handler::router(state, "api")
 }
 
@@ -108,4 +111,50 @@ async fn oversized_bodies_get_a_json_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error"]["code"], "payload_too_large");
     assert_eq!(body["error"]["field"], "body");
+}
+
+/// `run` in-process on a real socket: it serves the readiness probe and the routes under the
+/// prefix `host.json` names, and returns once its shutdown future completes.
+#[tokio::test]
+async fn run_serves_on_a_listener_until_shutdown() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let settings = settings();
+    let server = tokio::spawn(async move {
+        cosmos_cache_handler::run(listener, &settings, root, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .expect("readiness probe");
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.expect("body"), "ready");
+    // host.json's routePrefix is `api`: a client error there is the route's own JSON 400.
+    let bad = http
+        .get(format!("http://{addr}/api/query?maxItemCount=0"))
+        .send()
+        .await
+        .expect("query");
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "maxItemCount");
+    stop.send(()).expect("server still running");
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("run returns after shutdown")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        http.get(format!("http://{addr}/")).send().await.is_err(),
+        "the listener is closed after run returned"
+    );
 }

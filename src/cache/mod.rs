@@ -45,10 +45,10 @@
 //! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; [`keys`]: key and value formats;
 //!   [`guard`]: timeout and circuit breaker; `stats.rs`: the counters.
 
-pub mod failover;
-pub mod guard;
+mod failover;
+mod guard;
 mod invalidation;
-pub mod keys;
+pub(crate) mod keys;
 mod lease;
 mod lookup;
 mod scripts;

@@ -4,7 +4,7 @@
 
 pub mod query;
 mod query_spec;
-pub mod update;
+mod update;
 
 use crate::api::{ApiRequest, ApiResponse, Function};
 use crate::state::AppState;

@@ -52,17 +52,12 @@ pub struct Write {
     pub doc: Value,
 }
 
-/// Validates a `POST` body against the partition-key path (`/state`, or nested `/a/b`).
+/// Validates a `POST` body against the partition-key path (`/state`, or nested `/a/b`); also
+/// tells whether the body was an array (errors about an array's documents name them `[i]`).
 ///
 /// # Errors
 /// `BadRequest` whose field is `body`, `id`/`<pk>` for a single document, or `[i].id` /
 /// `[i].<pk>` for an array; nothing is written when any document is invalid.
-pub fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppError> {
-    validate_batch(body, pk_path).map(|(writes, _)| writes)
-}
-
-/// As [`validate_documents`], also telling whether the body was an array (errors about an
-/// array's documents name them `[i]`).
 fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(AppError::bad_request(

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// Validates a `POST` body against the partition-key path (`/state`, or nested `/a/b`).
+///
+/// # Errors
+/// `BadRequest` whose field is `body`, `id`/`<pk>` for a single document, or `[i].id` /
+/// `[i].<pk>` for an array; nothing is written when any document is invalid.
+fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppError> {
+    validate_batch(body, pk_path).map(|(writes, _)| writes)
+}
+
 #[test]
 fn ids_that_would_alter_a_request_path_are_refused() {
     for bad in [
