@@ -7,6 +7,7 @@ mod query_spec;
 mod update;
 
 use crate::api::{ApiRequest, ApiResponse, Function};
+use crate::error::AppError;
 use crate::state::AppState;
 
 /// Runs one request through its function and renders errors as responses.
@@ -24,6 +25,26 @@ pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses a request body as JSON. `expected` says what the function takes, for the message
+/// about an empty body (the Functions host drops request bodies sent without Content-Length,
+/// e.g. chunked; protocol §4.3).
+///
+/// # Errors
+/// `BadRequest` on the field `body`: empty, or not valid JSON (serde's message, with its line
+/// and column).
+fn json_body(body: &[u8], expected: &str) -> Result<serde_json::Value, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(AppError::bad_request(
+            "body",
+            format!(
+                "is empty: expected {expected} (the Functions host drops request bodies sent without Content-Length, e.g. chunked)"
+            ),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request("body", format!("is not valid JSON: {e}")))
 }
 
 #[cfg(test)]

@@ -147,14 +147,10 @@ fn max_item_count_error() -> AppError {
 /// # Errors
 /// `BadRequest` naming the JSON field (`query`, `parameters[1].name`, ...).
 pub fn spec_from_body(body: &[u8]) -> Result<QuerySpec, AppError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(AppError::bad_request(
-            "body",
-            "is empty: expected a JSON object {\"query\": \"SELECT ...\", \"parameters\": [...]} (the Functions host drops request bodies sent without Content-Length)",
-        ));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AppError::bad_request("body", format!("is not valid JSON: {e}")))?;
+    let value = super::json_body(
+        body,
+        "a JSON object {\"query\": \"SELECT ...\", \"parameters\": [...]}",
+    )?;
     let Value::Object(object) = value else {
         return Err(AppError::bad_request("body", "must be a JSON object"));
     };

@@ -59,14 +59,7 @@ pub struct Write {
 /// `BadRequest` whose field is `body`, `id`/`<pk>` for a single document, or `[i].id` /
 /// `[i].<pk>` for an array; nothing is written when any document is invalid.
 fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(AppError::bad_request(
-            "body",
-            "is empty: expected a JSON document or an array of documents (the Functions host drops request bodies sent without Content-Length, e.g. chunked)",
-        ));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| AppError::bad_request("body", format!("is not valid JSON: {e}")))?;
+    let value = super::json_body(body, "a JSON document or an array of documents")?;
     let (docs, indexed) = match value {
         Value::Array(docs) => (docs, true),
         doc @ Value::Object(_) => (vec![doc], false),

@@ -141,18 +141,6 @@ async fn clustered_redis_caches_and_invalidates() {
     stack.shutdown().await;
 }
 
-fn replication_field(node: &RedisServer, field: &str) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut node.connection())
-        .expect("INFO replication");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 /// One shard fails over on its own (`CLUSTER FAILOVER TAKEOVER`) to a replica whose link was
 /// cut just before an update: the promoted replica has the old generation and the old page, and
 /// no instance may serve it.
@@ -183,12 +171,12 @@ async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
     let replica = cluster
         .nodes
         .iter()
-        .find(|n| replication_field(n, "master_port") == owner.port.to_string())
+        .find(|n| n.replication_field("master_port") == owner.port.to_string())
         .expect("its replica");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while replication_field(replica, "master_repl_offset")
-        != replication_field(owner, "master_repl_offset")
-        || replication_field(replica, "master_link_status") != "up"
+    while replica.replication_field("master_repl_offset")
+        != owner.replication_field("master_repl_offset")
+        || replica.replication_field("master_link_status") != "up"
     {
         assert!(Instant::now() < deadline, "replica not in sync");
         std::thread::sleep(Duration::from_millis(10));
@@ -258,8 +246,8 @@ async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
         "the promoted replica missed the bump"
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while replication_field(owner, "role") != "slave"
-        || replication_field(replica, "role") != "master"
+    while owner.replication_field("role") != "slave"
+        || replica.replication_field("role") != "master"
     {
         assert!(Instant::now() < deadline, "the shard did not fail over");
         std::thread::sleep(Duration::from_millis(20));

@@ -26,18 +26,6 @@ fn addr(server: &RedisServer) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], server.port))
 }
 
-fn info_field(server: &RedisServer, field: &str) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut server.connection())
-        .expect("INFO replication");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 fn replicaof(server: &RedisServer, primary: Option<&RedisServer>) {
     let mut cmd = redis::cmd("REPLICAOF");
     match primary {
@@ -88,10 +76,10 @@ impl ReplicatedRedis {
     pub async fn wait_in_sync(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let up = info_field(self.replica(), "master_link_status") == "up";
+            let up = self.replica().replication_field("master_link_status") == "up";
             if up
-                && info_field(self.replica(), "master_repl_offset")
-                    == info_field(self.primary(), "master_repl_offset")
+                && self.replica().replication_field("master_repl_offset")
+                    == self.primary().replication_field("master_repl_offset")
             {
                 return;
             }

@@ -108,6 +108,20 @@ impl RedisServer {
             .and_then(|c| c.get_connection())
             .expect("connect to the test redis-server")
     }
+
+    /// One field of `INFO replication` (`role`, `master_repl_offset`, `master_link_status`,
+    /// …), trimmed; empty when the server does not report it.
+    pub fn replication_field(&self, field: &str) -> String {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut self.connection())
+            .expect("INFO replication");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
 }
 
 impl Drop for RedisServer {
