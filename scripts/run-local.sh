@@ -63,7 +63,7 @@ export COSMOS_CONNECTION_STRING=""
 
 # 4. Build
 echo "== building the handler (release) and the host emulator (the first build takes several minutes)"
-cargo build --release --bin handler --bin host-emulator
+cargo build --release -p cosmos-cache-handler --bin handler -p host-emulator --bin host-emulator
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 # 5. Data: the 1,001-city CSV committed in data/ (plotly's public us-cities-top-1k, see data/README.md)

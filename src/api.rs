@@ -66,6 +66,8 @@ impl ApiRequest {
 pub enum CacheOutcome {
     /// Served from Redis.
     Hit,
+    /// Served from this instance's near cache (L1), without a Redis round trip.
+    HitLocal,
     /// Read from Cosmos (and stored in Redis when possible).
     Miss,
     /// Redis was unavailable or skipped: read from Cosmos, nothing stored.
@@ -77,6 +79,7 @@ impl CacheOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::HitLocal => "hit-local",
             Self::Miss => "miss",
             Self::Bypass => "bypass",
         }

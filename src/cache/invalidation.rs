@@ -15,6 +15,7 @@ impl Cache {
     /// Invalidates every cached page of the container by bumping its generation. Call only after
     /// Cosmos acknowledged the write.
     pub async fn invalidate(&self) -> Invalidation {
+        self.drop_near();
         match self.try_bump().await {
             Ok(()) => return Invalidation::Done,
             // A failover (or an idle close) drops the connection under in-flight commands with
@@ -68,11 +69,22 @@ impl Cache {
     /// A script found a generation this server had not confirmed and moved it
     /// ([`failover`]).
     pub(super) fn server_changed(inner: &Inner) {
+        if let Some((near, _)) = &inner.near {
+            near.invalidate();
+        }
         inner.stats.server_changes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "Redis server changed since the generation was confirmed (failover, restart or \
              eviction): generation moved, earlier cached pages unreachable"
         );
+    }
+
+    /// This instance's own write: L1 may hold pages of the old generation (before and after
+    /// the bump, see `near.rs`).
+    fn drop_near(&self) {
+        if let Some((near, _)) = &self.inner.near {
+            near.invalidate();
+        }
     }
 
     /// `SET gen <random> NX` then `INCR gen`, atomically ([`super::scripts::BUMP`]).
@@ -94,6 +106,9 @@ impl Cache {
                     Self::server_changed(inner);
                 }
                 inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                // Again after the acknowledgement: a read that captured the epoch between the
+                // first drop and the bump read the old generation; its page must not enter L1.
+                self.drop_near();
                 tracing::debug!(generation, "cache invalidated");
                 Ok(())
             }

@@ -78,6 +78,21 @@ impl Cache {
             return Self::bypass(inner, fill).await;
         }
         let hash = keys::query_hash(spec);
+        // L1 first: a page this instance holds under the current epoch, with tracking live.
+        let epoch = match &inner.near {
+            Some((near, client)) => {
+                near.ensure_tracking(client, &inner.gen_key);
+                if let Some(body) = near.get(&hash) {
+                    return Ok(Served {
+                        body,
+                        outcome: CacheOutcome::HitLocal,
+                        request_charge: None,
+                    });
+                }
+                Some(near.epoch())
+            }
+            None => None,
+        };
         // The token names this instance, so that a flight which waits for a lease taken by one of
         // its own followers (their lookups raced) knows the lease is its own.
         let token = format!("{}:{}", inner.instance_id, keys::random_generation());
@@ -86,8 +101,12 @@ impl Cache {
                 if keys::decode(&value).is_some() {
                     inner.stats.hits.fetch_add(1, Ordering::Relaxed);
                     // Serve the stored bytes as they are: no copy, no re-serialization.
+                    let body = Bytes::from(value).slice(keys::VALUE_FORMAT.len()..);
+                    if let (Some((near, _)), Some(epoch)) = (&inner.near, epoch) {
+                        near.insert(&hash, &body, epoch);
+                    }
                     return Ok(Served {
-                        body: Bytes::from(value).slice(keys::VALUE_FORMAT.len()..),
+                        body,
                         outcome: CacheOutcome::Hit,
                         request_charge: None,
                     });
@@ -118,7 +137,15 @@ impl Cache {
             }
         };
         let key = format!("{}{}:{}", inner.entry_prefix, generation, hash);
-        self.fly(key, lease, fill).await
+        let served = self.fly(key, lease, fill).await?;
+        // A page read from Cosmos under this generation: as current as a Redis hit, unless the
+        // epoch moved meanwhile (then `insert` ignores it).
+        if let (Some((near, _)), Some(epoch)) = (&inner.near, epoch)
+            && served.outcome != CacheOutcome::Bypass
+        {
+            near.insert(&hash, &served.body, epoch);
+        }
+        Ok(served)
     }
 
     /// The lookup round trip ([`super::scripts::LOOKUP`], after the server check).

@@ -43,7 +43,9 @@
 //! - `invalidation.rs`: the generation bump and its retries;
 //! - [`failover`]: the server identity that makes a failover move the generation;
 //! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; [`keys`]: key and value formats;
-//!   [`guard`]: timeout and circuit breaker; `stats.rs`: the counters.
+//!   [`guard`]: timeout and circuit breaker; `stats.rs`: the counters;
+//! - `near.rs`: the optional in-process near cache (L1), kept correct by Redis's
+//!   server-assisted invalidation of the generation key.
 
 mod failover;
 mod guard;
@@ -51,6 +53,7 @@ mod invalidation;
 pub(crate) mod keys;
 mod lease;
 mod lookup;
+mod near;
 mod scripts;
 mod single_flight;
 mod stats;
@@ -127,6 +130,8 @@ struct Inner {
     flights: Mutex<HashMap<String, Flight>>,
     /// Random id of this instance, the prefix of its lease tokens.
     instance_id: u64,
+    /// The near cache (L1) and the RESP3 client of its tracking connection, when on.
+    near: Option<(near::NearCache, redis::Client)>,
     #[cfg(feature = "test-hooks")]
     before_store: Mutex<Option<BeforeStoreHook>>,
 }
@@ -158,6 +163,7 @@ impl Cache {
         let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)
             .map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
+        let near = Self::near_cache(target, &settings)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
@@ -179,6 +185,7 @@ impl Cache {
                 retry_running: AtomicBool::new(false),
                 flights: Mutex::new(HashMap::new()),
                 instance_id: keys::random_generation(),
+                near,
                 #[cfg(feature = "test-hooks")]
                 before_store: Mutex::new(None),
             }),
@@ -193,6 +200,34 @@ impl Cache {
             .before_store
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// The near cache when `CACHE_LOCAL_MAX_BYTES` > 0 and Redis is not a cluster, with the
+    /// client of its tracking connection (RESP3, for invalidation pushes).
+    fn near_cache(
+        target: &RedisTarget,
+        settings: &CacheSettings,
+    ) -> Result<Option<(near::NearCache, redis::Client)>, CacheBuildError> {
+        if settings.local_max_bytes == 0 {
+            return Ok(None);
+        }
+        if target.cluster {
+            tracing::warn!(
+                "near cache off: CACHE_LOCAL_MAX_BYTES is set but tracking on a clustered Redis \
+                 (REDIS_CLUSTER=true) is not implemented yet"
+            );
+            return Ok(None);
+        }
+        let redis_settings = target
+            .info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = target.info.clone().set_redis_settings(redis_settings);
+        let client = redis::Client::open(info)
+            .map_err(|e| CacheBuildError(format!("invalid Redis settings: {:?}", e.kind())))?;
+        let near = near::NearCache::new(settings.local_max_bytes, settings.ttl);
+        Ok(Some((near, client)))
     }
 
     /// Whether an invalidation is waiting for Redis (reads bypass the cache meanwhile).

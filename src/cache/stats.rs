@@ -53,6 +53,17 @@ impl Cache {
             "circuitOpened": n(&r.opened),
             "circuitSkipped": n(&r.skipped),
             "invalidationPending": self.invalidation_pending(),
+            "local": self.inner.near.as_ref().map(|(near, _)| {
+                let l = near.stats();
+                json!({
+                    "hits": n(&l.hits),
+                    "pushes": n(&l.pushes),
+                    "trackingStarts": n(&l.tracking_starts),
+                    "trackingLosses": n(&l.tracking_losses),
+                    "live": near.live(),
+                    "bytes": near.weight(),
+                })
+            }),
         })
     }
 }

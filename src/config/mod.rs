@@ -51,6 +51,8 @@ pub mod names {
     pub const CACHE_MAX_VALUE_BYTES: &str = "CACHE_MAX_VALUE_BYTES";
     /// Fill lease per missed page, in milliseconds (default 2000; 0 turns leases off).
     pub const CACHE_FILL_LEASE_MS: &str = "CACHE_FILL_LEASE_MS";
+    /// Byte bound of the in-process near cache (L1) of pages; 0 (the default) turns it off.
+    pub const CACHE_LOCAL_MAX_BYTES: &str = "CACHE_LOCAL_MAX_BYTES";
     /// Outer timeout of every Redis call, in milliseconds (default 250).
     pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
     /// Budget for retrying throttled (429) Cosmos calls, in milliseconds (default 5000).
@@ -59,7 +61,7 @@ pub mod names {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
     /// Every setting above except the two ports the host sets itself.
-    pub const USER_SETTINGS: [&str; 15] = [
+    pub const USER_SETTINGS: [&str; 16] = [
         REDIS,
         REDIS_CLUSTER,
         COSMOS_CONNECTION_STRING,
@@ -71,6 +73,7 @@ pub mod names {
         CACHE_TTL_JITTER_PERCENT,
         CACHE_MAX_VALUE_BYTES,
         CACHE_FILL_LEASE_MS,
+        CACHE_LOCAL_MAX_BYTES,
         REDIS_TIMEOUT_MS,
         COSMOS_THROTTLE_BUDGET_MS,
         LOG_FORMAT,
@@ -113,6 +116,8 @@ pub struct CacheSettings {
     /// How long one instance may hold the fill lease of a missed page while it reads Cosmos;
     /// other instances wait up to this long for its result. Zero disables leases.
     pub fill_lease: Duration,
+    /// Byte bound of the in-process near cache (L1); 0 turns it off (see `cache::near`).
+    pub local_max_bytes: u64,
 }
 
 /// All settings of the handler.
@@ -208,6 +213,7 @@ impl Settings {
                 0,
                 60_000,
             )?),
+            local_max_bytes: number(names::CACHE_LOCAL_MAX_BYTES, 0, 0, 16 << 30)?,
         };
         let cosmos_throttle_budget =
             Duration::from_millis(number(names::COSMOS_THROTTLE_BUDGET_MS, 5_000, 0, 120_000)?);

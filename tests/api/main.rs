@@ -33,6 +33,7 @@ mod failover;
 mod hardening;
 mod herds;
 mod isolation;
+mod near_cache;
 mod paging;
 mod publish;
 mod query;

@@ -108,14 +108,17 @@ async fn serve(
     };
     let mut from_client = [0u8; 16 * 1024];
     let mut from_server = [0u8; 16 * 1024];
+    // Checked again when bytes arrive: a read that was waiting when the black hole opened must
+    // not forward what it got.
+    let pass_now = || *behaviour.lock().unwrap_or_else(|p| p.into_inner()) == Behaviour::Pass;
     loop {
-        let passing = *behaviour.lock().unwrap_or_else(|p| p.into_inner()) == Behaviour::Pass;
+        let passing = pass_now();
         tokio::select! {
             _ = cut.changed() => return,
             read = client.read(&mut from_client) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if passing && server.write_all(&from_client[..n]).await.is_err() {
+                    if pass_now() && server.write_all(&from_client[..n]).await.is_err() {
                         return;
                     }
                 }
@@ -123,7 +126,7 @@ async fn serve(
             read = server.read(&mut from_server), if passing => match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if client.write_all(&from_server[..n]).await.is_err() {
+                    if pass_now() && client.write_all(&from_server[..n]).await.is_err() {
                         return;
                     }
                 }
