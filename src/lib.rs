@@ -4,7 +4,8 @@
 //! The Functions host starts the `handler` binary and forwards two HTTP functions to it:
 //!
 //! - `query` — **cache-aside** read: look in Redis, on a miss run the parameterized Cosmos SQL
-//!   query, store the page with a TTL, return it (`x-cache: hit|miss|bypass`).
+//!   query, store the page with a TTL, return it (`x-cache: hit|miss|bypass`; `hit-local` from
+//!   the optional in-process near cache, [`cache`]'s `near.rs`).
 //! - `update` — upsert or delete in Cosmos, then **invalidate** the container's cached queries
 //!   (flush-on-write) by bumping a generation number, only after Cosmos acknowledged the write.
 //!
