@@ -32,6 +32,16 @@
 //!   from [`store::StoreError`] onto it.
 //! - [`seed`]: the data loader behind `handler seed`.
 //!
+//! ## Following one `GET /api/query?state=Texas` (a hit, forwarding mode)
+//! 1. `protocol/mod.rs`: [`router`] matches `/api/{function}`;
+//! 2. `protocol/forwarding.rs`: the request becomes an [`api::ApiRequest`], the answer an
+//!    HTTP response (`protocol/payload.rs` is the same step for invocation payloads);
+//! 3. `routes/mod.rs`: `dispatch` picks the function;
+//! 4. `routes/query.rs` with `routes/query_spec.rs`: the query string becomes a
+//!    [`store::QuerySpec`] (or a 400 naming the field);
+//! 5. `cache/lookup.rs`: L1, then one Redis round trip; a hit ends here, a miss goes on to
+//!    the single flight and the store's `store/cosmos.rs`.
+//!
 //! ## Guarantees
 //! After `update` answers 200, no `query` that starts later returns data older than that write
 //! from this cache (the generation moved; see [`cache`]), across Redis failovers too (a promoted
