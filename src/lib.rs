@@ -45,7 +45,7 @@
 //! ## Guarantees
 //! After `update` answers 200, no `query` that starts later returns data older than that write
 //! from this cache (the generation moved; see [`cache`]), across Redis failovers too (a promoted
-//! replica that may have missed the bump moves the generation first; see [`cache::failover`]).
+//! replica that may have missed the bump moves the generation first; see `cache/failover.rs`).
 //! When Redis is slow or down, requests are answered from Cosmos with `x-cache: bypass`; Redis
 //! never takes the API down.
 

@@ -11,10 +11,10 @@
 //! Redis database (cf. stefanprodan/AspNetCoreRateLimit#288).
 //! - `cc:{scope}:gen` — the container's **generation**, an integer with no TTL.
 //! - `cc:{scope}:server` — the replication id of the Redis server that last confirmed the
-//!   generation, no TTL ([`failover`]: a promoted replica that missed bumps moves it).
+//!   generation, no TTL (`failover.rs`: a promoted replica that missed bumps moves it).
 //! - `cc:{scope}:<gen>:<sha256>` — one cached page, with a TTL (± jitter). The hash covers the
 //!   canonical query: text, parameters sorted by name, partition key, page size, continuation
-//!   ([`keys::query_hash`]).
+//!   (`keys::query_hash`).
 //! - `cc:{scope}:<gen>:<sha256>:lease` — a short fill lease (`SET NX PX`), so that of
 //!   several handler instances missing the same page at once, one reads Cosmos and the others
 //!   wait for its result.
@@ -26,10 +26,10 @@
 //! a key nobody will look up again. When the generation key is lost (eviction, `FLUSHDB`,
 //! failover), it is re-created with `SET NX` from a random 62-bit value, so it does not land on
 //! a generation whose entries may still exist. A failover to a replica that missed acknowledged
-//! bumps keeps a generation key, but not the primary's identity: see [`failover`].
+//! bumps keeps a generation key, but not the primary's identity: see `failover.rs`.
 //!
 //! # When Redis fails
-//! Every Redis call goes through [`guard::GuardedRedis`]: an outer timeout (`REDIS_TIMEOUT_MS`)
+//! Every Redis call goes through `guard.rs`'s `GuardedRedis`: an outer timeout (`REDIS_TIMEOUT_MS`)
 //! and a circuit breaker. Any error, timeout or open circuit answers the read from Cosmos with
 //! `x-cache: bypass`. An invalidation that fails is retried in the background until Redis
 //! accepts it; until then this instance bypasses the cache for reads.
@@ -41,9 +41,9 @@
 //! - `single_flight.rs`: identical misses on one instance share one fill;
 //! - `lease.rs`: the fleet-wide fill lease, and storing a page;
 //! - `invalidation.rs`: the generation bump and its retries;
-//! - [`failover`]: the server identity that makes a failover move the generation;
-//! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; [`keys`]: key and value formats;
-//!   [`guard`]: timeout and circuit breaker; `stats.rs`: the counters;
+//! - `failover.rs`: the server identity that makes a failover move the generation;
+//! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; `keys.rs`: key and value formats;
+//!   `guard.rs`: timeout and circuit breaker; `stats.rs`: the counters;
 //! - `near.rs`: the optional in-process near cache (L1), kept correct by Redis's
 //!   server-assisted invalidation of the generation key.
 

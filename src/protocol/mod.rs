@@ -14,8 +14,8 @@
 //!
 //! ## Layout
 //! - this file: the router, the readiness probe, the one dispatch-and-log step both modes share;
-//! - [`payload`]: the invocation-payload adapter (parse `Data.req`, write `Outputs.res`);
-//! - [`forwarding`]: the forwarding adapter (the client's own request and response).
+//! - `payload.rs`: the invocation-payload adapter (parse `Data.req`, write `Outputs.res`);
+//! - `forwarding.rs`: the forwarding adapter (the client's own request and response).
 
 mod forwarding;
 mod payload;
