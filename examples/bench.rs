@@ -17,6 +17,8 @@
 //!
 //! Every load is on 127.0.0.1, bounded in count and time.
 
+#[path = "../tests/support/change_feed.rs"]
+mod change_feed;
 #[path = "../tests/support/host_emulator.rs"]
 mod host_emulator;
 

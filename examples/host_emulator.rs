@@ -11,6 +11,8 @@
 //! probe; Ctrl-C or SIGTERM stops the handler (SIGTERM) and
 //! exits. The protocol logic lives in `tests/support/host_emulator.rs`.
 
+#[path = "../tests/support/change_feed.rs"]
+mod change_feed;
 #[path = "../tests/support/host_emulator.rs"]
 mod host_emulator;
 

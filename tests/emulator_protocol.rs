@@ -7,6 +7,8 @@
 //! test starts a small Python echo handler through the emulator in both wire modes.
 
 // Only the emulator module: the other support modules (Redis/Cosmos control) are not needed here.
+#[path = "support/change_feed.rs"]
+mod change_feed;
 #[path = "support/host_emulator.rs"]
 mod host_emulator;
 

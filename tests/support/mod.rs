@@ -1,6 +1,7 @@
 //! Test support: the host emulator, the Cosmos-protocol server, Redis servers, the stack.
 #![allow(dead_code)]
 
+pub mod change_feed;
 pub mod chaos_proxy;
 pub mod cosmos_server;
 pub mod failover;
