@@ -334,6 +334,80 @@ async fn own_writes_are_not_invalidated_twice() {
     stack.shutdown().await;
 }
 
+/// With `REDIS_CLUSTER=true` on a real 3-node cluster: the own-writes set shares the
+/// generation's slot (the script touches both), the skip and the bump work as on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_works_on_a_redis_cluster() {
+    let cluster = crate::cluster::LocalCluster::start();
+    let mut stack = Stack::services(Mode::Forwarding, true, &[TRIGGER_ON]);
+    stack.set_env(
+        "REDIS_CONNECTION_STRING",
+        &format!("redis://127.0.0.1:{}", cluster.nodes[0].port),
+    );
+    stack.set_env("REDIS_CLUSTER", "true");
+    stack.start_handler().await;
+    let stats = trigger_stats(&stack);
+    let generation = || -> Vec<Option<String>> {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                redis::cmd("GET")
+                    .arg(format!("cc:{}:gen", stack.key_tag()))
+                    .query::<Option<String>>(&mut n.connection())
+                    .unwrap_or(None)
+            })
+            .collect()
+    };
+    assert_eq!(stack.get("query?state=Iowa").await.cache(), "miss");
+    let update = stack
+        .post(
+            "update",
+            r#"{"id":"cf-cluster","state":"Iowa","city":"Own"}"#,
+        )
+        .await;
+    assert_eq!(
+        update.header("x-cache-invalidation"),
+        Some("done"),
+        "{}",
+        update.text
+    );
+    let after_update = generation();
+    until(
+        Duration::from_secs(10),
+        "the feed to deliver the update",
+        || stats.batches.load(Ordering::Relaxed) >= 1,
+    )
+    .await;
+    assert_eq!(
+        generation(),
+        after_update,
+        "own write skipped on the cluster"
+    );
+    stack
+        .cosmos
+        .upsert_raw(
+            &stack.database,
+            "us_cities",
+            "Iowa",
+            r#"{"id":"cf-cluster","state":"Iowa","city":"Other"}"#,
+        )
+        .await;
+    until(Duration::from_secs(10), "the direct write", || {
+        stats.batches.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert_ne!(
+        generation(),
+        after_update,
+        "a direct write bumps on the cluster"
+    );
+    assert_eq!(stats.failed_invocations.load(Ordering::Relaxed), 0);
+    let reply = stack.get("query?state=Iowa").await;
+    assert!(reply.text.contains("Other"), "{}", reply.text);
+    stack.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The script's rules, in process against a real redis-server.
 
