@@ -17,6 +17,9 @@
 //!
 //! Every load is on 127.0.0.1, bounded in count and time.
 
+#[path = "bench_change_feed/scenarios.rs"]
+mod bench_change_feed; // [change feed] section 10
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -904,6 +907,12 @@ async fn run(opts: Opts) -> Res<()> {
         extra: Vec::new(),
     };
     let secs = opts.wrk_secs();
+    // [change feed] BENCH_ONLY=change-feed: section 10 alone.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("change-feed") {
+        bench_change_feed::run(&stack, &cfg, &cities, opts, &mut rep).await?;
+        println!("\n{}", rep.markdown());
+        return Ok(());
+    }
 
     // ---- 1. Redis ceiling -----------------------------------------------------------------
     println!("== 1. redis-benchmark");
@@ -1383,6 +1392,7 @@ async fn run(opts: Opts) -> Res<()> {
     // ---- 9. Write mix -------------------------------------------------------------------------
     println!("== 9. read:write mixes");
     write_mix(&stack, &cfg, &cities, opts, &mut rep).await?;
+    bench_change_feed::run(&stack, &cfg, &cities, opts, &mut rep).await?; // [change feed]
 
     // ---- 8. Scale -----------------------------------------------------------------------------
     println!("== 8. scale");

@@ -60,6 +60,8 @@ while IFS= read -r line; do export "$line"; done < <(node -e '
 export REDIS_CONNECTION_STRING="redis://127.0.0.1:$REDIS_PORT"
 export COSMOS_ENDPOINT="http://127.0.0.1:$COSMOS_PORT/"
 export COSMOS_CONNECTION_STRING=""
+# The change-feed function's trigger connection (invalidate/function.json), same local account.
+export CosmosDBConnection="AccountEndpoint=http://127.0.0.1:$COSMOS_PORT/;AccountKey=${COSMOS_KEY:-};"
 
 # 4. Build
 echo "== building the handler (release) and the host emulator (the first build takes several minutes)"
@@ -107,6 +109,12 @@ Ready: http://127.0.0.1:$HOST_PORT/api/{query,update} (the handler itself: 127.0
        -d '{"id":"austin-texas","city":"Austin","state":"Texas","population":1000000}'
   curl -i -X DELETE 'http://127.0.0.1:$HOST_PORT/api/update?id=austin-texas&partitionKey=Texas'
   curl -s 'http://127.0.0.1:$HANDLER_PORT/_diagnostics'                   # cache counters (handler's own port)
+A write straight to Cosmos (not through update) reaches the cache through the change-feed function
+(invalidate/, polled every second): the next query misses and shows it.
+  curl -i -X POST 'http://127.0.0.1:$COSMOS_PORT/dbs/$COSMOS_DATABASE/colls/$COSMOS_CONTAINER/docs' \
+       -H 'x-ms-documentdb-is-upsert: true' -H 'x-ms-documentdb-partitionkey: ["Texas"]' -H 'content-type: application/json' \
+       -d '{"id":"austin-texas","city":"Austin","state":"Texas","population":2}'
+  sleep 2; curl -i 'http://127.0.0.1:$HOST_PORT/api/query?city=Austin&state=Texas'   # x-cache: miss; population 2
 The other wire mode: AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest=$OTHER_MODE $0
 Ctrl-C stops the services this script started.
 EOT

@@ -9,6 +9,12 @@
 //! - `update` — upsert or delete in Cosmos, then **invalidate** the container's cached queries
 //!   (flush-on-write) by bumping a generation number, only after Cosmos acknowledged the write.
 //!
+//! and a third function on the container's change feed (a `cosmosDBTrigger`, payload mode):
+//!
+//! - `invalidate` — bumps the generation once per batch of changes, so writes made outside
+//!   `update` invalidate too; batches made only of `update`'s own writes are recognised by
+//!   their `_etag` and skipped ([`routes::invalidate`], `cache/change_feed.rs`).
+//!
 //! ## Layout (the data path reads left to right)
 //! ```text
 //! Functions host ─► protocol ─► routes ─┬─► cache ──► Redis     (a hit ends here)

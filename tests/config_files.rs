@@ -75,6 +75,103 @@ fn function_json_files_are_valid() {
     assert!(!validator.is_valid(&broken));
 }
 
+/// `invalidate/function.json`: a change-feed trigger with the Cosmos DB extension 4.x property
+/// names (the SchemaStore schema accepts any property on an unknown binding type, so the names
+/// are checked here against the extension's documented list:
+/// <https://learn.microsoft.com/azure/azure-functions/functions-bindings-cosmosdb-v2-trigger#configuration>),
+/// and a function-level retry policy the schema does check.
+#[test]
+fn invalidate_function_json_is_a_v4_change_feed_trigger() {
+    let validator =
+        jsonschema::draft7::new(&schema("function.json")).expect("function.json schema");
+    let file = load(repo("invalidate/function.json"));
+    assert_eq!(errors(&validator, &file), Vec::<String>::new());
+    let bindings = file["bindings"].as_array().expect("bindings");
+    assert_eq!(bindings.len(), 1, "a trigger and no output binding");
+    let trigger = bindings[0].as_object().expect("a binding object");
+    assert_eq!(trigger["type"], "cosmosDBTrigger");
+    assert_eq!(trigger["direction"], "in");
+    assert_eq!(
+        trigger["name"],
+        cosmos_cache_handler::routes::invalidate::BINDING,
+        "the handler reads Data.<this name>"
+    );
+    // Extension 4.x names; the 3.x names would be silently ignored by the host.
+    const V4: &[&str] = &[
+        "type",
+        "direction",
+        "name",
+        "connection",
+        "databaseName",
+        "containerName",
+        "leaseConnection",
+        "leaseDatabaseName",
+        "leaseContainerName",
+        "createLeaseContainerIfNotExists",
+        "leasesContainerThroughput",
+        "leaseContainerPrefix",
+        "feedPollDelay",
+        "leaseAcquireInterval",
+        "leaseExpirationInterval",
+        "leaseRenewInterval",
+        "maxItemsPerInvocation",
+        "startFromBeginning",
+        "startFromTime",
+        "preferredLocations",
+    ];
+    for key in trigger.keys() {
+        assert!(V4.contains(&key.as_str()), "{key} is not a 4.x property");
+    }
+    for v3 in [
+        "connectionStringSetting",
+        "collectionName",
+        "leaseCollectionName",
+    ] {
+        assert!(!trigger.contains_key(v3), "{v3} is the 3.x name");
+    }
+    // The monitored container comes from the same app settings the handler reads.
+    assert_eq!(
+        trigger["databaseName"],
+        format!("%{}%", cosmos_cache_handler::config::names::COSMOS_DATABASE)
+    );
+    assert_eq!(
+        trigger["containerName"],
+        format!(
+            "%{}%",
+            cosmos_cache_handler::config::names::COSMOS_CONTAINER
+        )
+    );
+    assert!(
+        trigger["connection"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert!(
+        trigger["leaseContainerName"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert!(trigger["leaseContainerPrefix"].is_string());
+    assert!(trigger["createLeaseContainerIfNotExists"].is_boolean());
+    assert_eq!(trigger["feedPollDelay"], 1000, "milliseconds");
+    assert_eq!(trigger["startFromBeginning"], false);
+    let retry = file["retry"]
+        .as_object()
+        .expect("a function-level retry policy");
+    assert!(matches!(
+        retry["strategy"].as_str(),
+        Some("exponentialBackoff" | "fixedDelay")
+    ));
+    assert_eq!(
+        retry["maxRetryCount"], -1,
+        "a batch is never given up while Redis is down"
+    );
+    // The schema does check the retry policy: a broken one is refused.
+    let mut broken = file.clone();
+    broken["retry"]["minimumInterval"] = serde_json::json!("1 second");
+    assert!(!validator.is_valid(&broken));
+}
+
 #[test]
 fn local_settings_example_lists_every_setting() {
     let example = load(repo("local.settings.json.example"));

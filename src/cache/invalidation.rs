@@ -15,8 +15,16 @@ impl Cache {
     /// Invalidates every cached page of the container by bumping its generation. Call only after
     /// Cosmos acknowledged the write.
     pub async fn invalidate(&self) -> Invalidation {
+        self.invalidate_writes(&[]).await
+    }
+
+    /// As [`Cache::invalidate`], recording `versions` (the `_etag`s Cosmos returned for the
+    /// writes) in the same atomic step, so the change-feed function recognises these changes
+    /// as already invalidated ([`super::change_feed`]). The retries after a failure bump without
+    /// recording: the feed then bumps once more, which costs a miss, never a stale read.
+    pub async fn invalidate_writes(&self, versions: &[String]) -> Invalidation {
         self.drop_near();
-        match self.try_bump().await {
+        match self.try_bump(versions).await {
             Ok(()) => return Invalidation::Done,
             // A failover (or an idle close) drops the connection under in-flight commands with
             // an I/O error, and the connection reconnects on the next command: one immediate
@@ -24,7 +32,7 @@ impl Cache {
             // which other instances may serve the previous page. Not after a timeout (a black
             // hole would cost the timeout twice) nor with the breaker open.
             Err(Failure::Error(_)) if self.inner.redis.state() != CircuitState::Open => {
-                if self.try_bump().await.is_ok() {
+                if self.try_bump(versions).await.is_ok() {
                     return Invalidation::Done;
                 }
             }
@@ -46,7 +54,7 @@ impl Cache {
         loop {
             let failures_before = inner.failed_invalidations.load(Ordering::Acquire);
             tokio::time::sleep(delay).await;
-            if self.try_bump().await.is_ok()
+            if self.try_bump(&[]).await.is_ok()
                 && inner.failed_invalidations.load(Ordering::Acquire) == failures_before
             {
                 inner.invalidation_pending.store(false, Ordering::Release);
@@ -87,16 +95,27 @@ impl Cache {
         }
     }
 
-    /// `SET gen <random> NX` then `INCR gen`, atomically ([`super::scripts::BUMP`]).
-    async fn try_bump(&self) -> Result<(), Failure> {
+    /// `SET gen <random> NX` then `INCR gen`, atomically ([`super::scripts::BUMP`]); with
+    /// `versions`, recording them first in the same script ([`super::scripts::RECORD`]).
+    async fn try_bump(&self, versions: &[String]) -> Result<(), Failure> {
         let inner = &self.inner;
         let bumped = inner
             .redis
             .run(|mut conn| {
-                let mut invocation = inner.bump.key(&inner.gen_key);
+                let mut invocation = if versions.is_empty() {
+                    inner.bump.key(&inner.gen_key)
+                } else {
+                    inner.record_bump.key(&inner.gen_key)
+                };
                 invocation
                     .key(&inner.server_key)
                     .arg(keys::random_generation());
+                if !versions.is_empty() {
+                    invocation
+                        .key(&inner.own_writes_key)
+                        .arg(super::change_feed::OWN_WRITES_WINDOW.as_millis() as u64)
+                        .arg(versions);
+                }
                 async move { invocation.invoke_async::<(i64, i64)>(&mut conn).await }
             })
             .await;

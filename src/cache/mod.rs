@@ -12,6 +12,9 @@
 //! - `cc:{scope}:gen` — the container's **generation**, an integer with no TTL.
 //! - `cc:{scope}:server` — the replication id of the Redis server that last confirmed the
 //!   generation, no TTL (`failover.rs`: a promoted replica that missed bumps moves it).
+//! - `cc:{scope}:own` — versions (`_etag`s) that `update` wrote and invalidated in the last
+//!   minute, a sorted set scored by Redis time in ms with an expiry (`change_feed.rs`): the
+//!   change-feed function skips batches made only of them.
 //! - `cc:{scope}:<gen>:<sha256>` — one cached page, with a TTL (± jitter). The hash covers the
 //!   canonical query: text, parameters sorted by name, partition key, page size, continuation
 //!   (`keys::query_hash`).
@@ -41,12 +44,14 @@
 //! - `single_flight.rs`: identical misses on one instance share one fill;
 //! - `lease.rs`: the fleet-wide fill lease, and storing a page;
 //! - `invalidation.rs`: the generation bump and its retries;
+//! - `change_feed.rs`: the change-feed function's bump, which skips `update`'s own writes;
 //! - `failover.rs`: the server identity that makes a failover move the generation;
 //! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; `keys.rs`: key and value formats;
 //!   `guard.rs`: timeout and circuit breaker; `stats.rs`: the counters;
 //! - `near.rs`: the optional in-process near cache (L1), kept correct by Redis's
 //!   server-assisted invalidation of the generation key.
 
+mod change_feed;
 mod failover;
 mod guard;
 mod invalidation;
@@ -68,6 +73,7 @@ use futures::future::{BoxFuture, Shared};
 use crate::api::CacheOutcome;
 use crate::config::{CacheSettings, RedisTarget};
 use crate::error::AppError;
+pub use change_feed::{FeedInvalidation, FeedInvalidationFailed, OWN_WRITES_WINDOW};
 use guard::GuardedRedis;
 pub use stats::CacheStats;
 
@@ -118,6 +124,12 @@ struct Inner {
     entry_prefix: String,
     lookup: redis::Script,
     bump: redis::Script,
+    /// [`scripts::RECORD`] + bump: `update`'s invalidation that records its versions.
+    record_bump: redis::Script,
+    /// [`scripts::FEED_CHECK`] + bump: the change-feed function's invalidation.
+    feed_bump: redis::Script,
+    /// [`change_feed::own_writes_key`]: versions `update` wrote recently.
+    own_writes_key: String,
     peek: redis::Script,
     store: redis::Script,
     stats: CacheStats,
@@ -177,6 +189,19 @@ impl Cache {
                     scripts::LOOKUP
                 )),
                 bump: redis::Script::new(&format!("{}{}", failover::SERVER_CHECK, scripts::BUMP)),
+                record_bump: redis::Script::new(&format!(
+                    "{}{}{}",
+                    failover::SERVER_CHECK,
+                    scripts::RECORD,
+                    scripts::BUMP
+                )),
+                feed_bump: redis::Script::new(&format!(
+                    "{}{}{}",
+                    failover::SERVER_CHECK,
+                    scripts::FEED_CHECK,
+                    scripts::BUMP
+                )),
+                own_writes_key: change_feed::own_writes_key(&tag),
                 peek: redis::Script::new(scripts::PEEK),
                 store: redis::Script::new(scripts::STORE),
                 stats: CacheStats::default(),

@@ -32,3 +32,18 @@ pub(super) const BUMP: &str = include_str!("scripts/bump.lua");
 
 /// A lease waiter's look: the page KEYS[1] and the lease KEYS[2]'s token ('' for none).
 pub(super) const PEEK: &str = include_str!("scripts/peek.lua");
+
+/// Prelude of the bump `update` runs ([`super::change_feed`]): records the versions (`_etag`s)
+/// its writes produced in the own-writes sorted set KEYS[3] (score: Redis time in ms), drops
+/// entries older than the window ARGV[2] (ms) and sets the key's expiry to the window. Runs
+/// between [`super::failover::SERVER_CHECK`] and [`BUMP`], so recording and bumping are one
+/// atomic step: a recorded version always means "its bump happened". ARGV[3..] = versions.
+pub(super) const RECORD: &str = include_str!("scripts/record.lua");
+
+/// Prelude of the bump the change-feed function runs ([`super::change_feed`]): when every
+/// change of the batch is a version recorded by [`RECORD`] within the window, returns
+/// `{0, 0, 1}` without bumping (and forgets those versions); otherwise falls through to
+/// [`BUMP`] (`{gen, moved}`). KEYS[3] = own-writes set; ARGV[2] = window in ms, ARGV[3] = `1`
+/// when every change carried a version (`0`: some change cannot be recognised, always bump),
+/// ARGV[4..] = versions.
+pub(super) const FEED_CHECK: &str = include_str!("scripts/feed_check.lua");

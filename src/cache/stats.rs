@@ -27,6 +27,10 @@ pub struct CacheStats {
     /// Times this instance found the Redis server changed under the generation (a failover
     /// to a replica, a restart, an evicted server key) and moved the generation.
     pub server_changes: AtomicU64,
+    /// Change-feed batches that moved the generation (also counted in `invalidations`).
+    pub feed_invalidations: AtomicU64,
+    /// Change-feed batches made only of `update`'s own recorded writes (no bump).
+    pub feed_own_writes: AtomicU64,
 }
 
 impl Cache {
@@ -44,6 +48,8 @@ impl Cache {
             "leaseWaits": n(&s.lease_waits),
             "tooLarge": n(&s.too_large),
             "serverChanges": n(&s.server_changes),
+            "feedInvalidations": n(&s.feed_invalidations),
+            "feedOwnWrites": n(&s.feed_own_writes),
             "redisErrors": n(&r.errors),
             "circuit": match r.state() {
                 CircuitState::Closed => "closed",

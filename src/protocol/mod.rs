@@ -64,6 +64,8 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
     let mut router = Router::new()
         .route("/", get(ready).head(ready))
         .route("/_diagnostics", get(diagnostics))
+        // The change-feed function: payload mode only, never forwarded (protocol §1).
+        .route("/invalidate", post(routes::invalidate::invocation))
         .route("/{function}", post(invocation));
     if prefix.is_empty() {
         tracing::warn!("routePrefix is empty: forwarded requests cannot be told from invocations");

@@ -1,7 +1,8 @@
-//! The two functions' HTTP semantics: validate input (a 4xx naming the field), build the query,
+//! The functions' semantics (`invalidate` is the change-feed function; the other two are HTTP): validate input (a 4xx naming the field), build the query,
 //! call the cache and the store, shape the JSON. Nothing here knows Redis or Cosmos types, nor
 //! which wire mode delivered the request.
 
+pub mod invalidate;
 pub mod query;
 mod query_spec;
 mod update;

@@ -20,6 +20,7 @@ use crate::routes::query::MAX_PARTITION_KEY_BYTES;
 use crate::state::AppState;
 use crate::store::PkValue;
 use crate::store::StoreError;
+use crate::store::Written;
 
 /// Most documents one `POST` may carry.
 pub const MAX_DOCUMENTS: usize = 1000;
@@ -165,7 +166,7 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
     let (writes, indexed) = validate_batch(&req.body, &pk_path)?;
     let total = writes.len();
     let single = !indexed;
-    let results: Vec<(usize, Result<f64, AppError>)> =
+    let results: Vec<(usize, Result<Written, AppError>)> =
         futures::stream::iter(writes.into_iter().enumerate())
             .map(|(i, w)| {
                 let store = state.store.clone();
@@ -173,7 +174,7 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
                     (
                         i,
                         store
-                            .upsert(&w.pk, &w.id, &w.doc)
+                            .upsert_versioned(&w.pk, &w.id, &w.doc)
                             .await
                             .map_err(AppError::from),
                     )
@@ -183,10 +184,18 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
             .collect()
             .await;
     // Invalidate after Cosmos answered, whether or not every write succeeded: a write that
-    // errored or timed out may still have been applied.
-    let invalidation = state.cache.invalidate().await;
+    // errored or timed out may still have been applied. The versions of the acknowledged ones
+    // are recorded with the bump, so the change-feed function does not bump for them again.
+    let versions: Vec<String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().and_then(|w| w.version.clone()))
+        .collect();
+    let invalidation = state.cache.invalidate_writes(&versions).await;
     let written = results.iter().filter(|(_, r)| r.is_ok()).count();
-    let charge: f64 = results.iter().filter_map(|(_, r)| r.as_ref().ok()).sum();
+    let charge: f64 = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|w| w.request_charge))
+        .sum();
     let first_error = results
         .into_iter()
         .filter_map(|(i, r)| r.err().map(|e| (i, e)))

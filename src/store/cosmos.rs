@@ -26,7 +26,7 @@ use super::failure::{
     container_missing, map_error, query_error, sub_status, substatus, write_error,
 };
 use super::paging::next_page_token;
-use super::{PkValue, QueryPage, QuerySpec, Store, StoreError};
+use super::{PkValue, QueryPage, QuerySpec, Store, StoreError, Written, normalize_etag};
 
 struct Container {
     client: ContainerClient,
@@ -213,15 +213,45 @@ impl Store for CosmosStore {
     }
 
     async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, StoreError> {
+        Ok(self.upsert_versioned(pk, id, doc).await?.request_charge)
+    }
+
+    async fn upsert_versioned(
+        &self,
+        pk: &PkValue,
+        id: &str,
+        doc: &Value,
+    ) -> Result<Written, StoreError> {
+        /// Only the version of the returned document (serde skips the rest unparsed).
+        #[derive(serde::Deserialize)]
+        struct Version {
+            #[serde(rename = "_etag")]
+            etag: Option<String>,
+        }
         let container = &self.container().await?.client;
         let response = container
             .upsert_item(pk.to_cosmos()?, id, doc, None)
             .await
             .map_err(|e| write_error(&self.settings, &e, "upsert"))?;
-        Ok(response
+        let request_charge = response
             .headers()
             .request_charge()
-            .map_or(0.0, |c| c.value()))
+            .map_or(0.0, |c| c.value());
+        // Cosmos DB sends the version as the `etag` header; the local test server only in the
+        // returned document. A version we cannot read costs one extra invalidation later.
+        let version = match response.headers().etag() {
+            Some(etag) => Some(normalize_etag(etag.as_ref()).to_string()),
+            None => response
+                .into_model::<Version>()
+                .ok()
+                .and_then(|v| v.etag)
+                .map(|e| normalize_etag(&e).to_string()),
+        }
+        .filter(|v| !v.is_empty());
+        Ok(Written {
+            request_charge,
+            version,
+        })
     }
 
     async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {

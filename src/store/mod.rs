@@ -139,6 +139,23 @@ pub struct QueryPage {
     pub request_charge: f64,
 }
 
+/// An acknowledged write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Request units the write cost.
+    pub request_charge: f64,
+    /// The document's new `_etag` (from the `etag` response header, or the returned body's
+    /// `_etag` when the server sends no header), without surrounding quotes; the change feed
+    /// delivers the document with the same `_etag`. `None` when Cosmos returned neither.
+    pub version: Option<String>,
+}
+
+/// Strips the quotes Cosmos DB puts around an `_etag` (`"\"0000-...\""` in JSON, `"0000-..."` in
+/// the header), so a header value and a body value of one version compare equal.
+pub fn normalize_etag(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
 /// What the routes need from the database. Implemented by [`CosmosStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -159,6 +176,23 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// As [`Store::query`]; a document Cosmos refuses gives `BadRequest`.
     async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, StoreError>;
+
+    /// As [`Store::upsert`], also returning the version Cosmos gave the document. The default
+    /// knows no version (the change-feed function then treats the write as anyone else's).
+    ///
+    /// # Errors
+    /// As [`Store::upsert`].
+    async fn upsert_versioned(
+        &self,
+        pk: &PkValue,
+        id: &str,
+        doc: &Value,
+    ) -> Result<Written, StoreError> {
+        Ok(Written {
+            request_charge: self.upsert(pk, id, doc).await?,
+            version: None,
+        })
+    }
 
     /// Deletes one document; returns the request charge (RU).
     ///

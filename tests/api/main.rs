@@ -23,6 +23,7 @@ macro_rules! both_modes {
 }
 
 mod bad_input;
+mod change_feed;
 mod chaos;
 mod checker;
 mod cluster;

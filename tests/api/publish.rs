@@ -159,6 +159,7 @@ async fn package_has_the_app_files_and_an_executable_handler_that_serves_queries
         [
             "handler",
             "host.json",
+            "invalidate/function.json",
             "query/function.json",
             "update/function.json"
         ],

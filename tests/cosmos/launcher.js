@@ -262,6 +262,72 @@ for (const name of ["create-document", "upsert-document", "replace-document"]) {
   });
 }
 
+// EXTRA (not in the stock server): the change feed, in "latest version" mode, as
+// real Cosmos serves it over REST: GET .../docs with `A-IM: Incremental feed`.
+// - Every write (create/replace/upsert/patch) gets the next logical sequence number
+//   (LSN) of its container; the feed lists the current version of each document
+//   changed after the continuation, ordered by LSN, each with `_lsn` (only in the
+//   feed: documents read or queried carry no `_lsn`, as in real Cosmos).
+// - `If-None-Match`: absent = from the beginning, `*` = from now, else the `etag`
+//   of an earlier feed response. `x-ms-max-item-count` bounds the page (default 100).
+// - 200 {"_rid","Documents":[...],"_count"} with `etag: "<LSN of the last change>"`,
+//   or 304 (no body) with the unchanged `etag` when nothing changed.
+// - Deletes are not reported, as in real Cosmos's default (latest version) mode.
+// One partition key range ("0") holds everything here, so the LSNs are per container.
+const itemsProto = lib("account/items").default.prototype;
+const feeds = new WeakMap(); // Items instance -> { last: LSN, byRid: Map<_rid, LSN> }
+const feedOf = items => {
+  let f = feeds.get(items);
+  if (!f) {
+    f = { last: 0, byRid: new Map() };
+    feeds.set(items, f);
+  }
+  return f;
+};
+const stockSet = itemsProto._set;
+itemsProto._set = function (data) {
+  const f = feedOf(this);
+  f.last += 1;
+  f.byRid.set(data._rid, f.last);
+  return stockSet.call(this, data);
+};
+patch("read-documents", stock => (account, req, res, params) => {
+  if (String(req.headers["a-im"] || "").toLowerCase() !== "incremental feed") return stock(account, req, res, params);
+  // The stock server answers every A-IM request with If-None-Match as 304 "etag: 1"
+  // after the handler ran; hide the header from that code.
+  delete req.headers["a-im"];
+  const collection = account.database(params.dbId).collection(params.collId);
+  const docs = collection.documents;
+  const f = feedOf(docs);
+  const since = req.headers["if-none-match"];
+  let from;
+  if (since === undefined || since === "") from = 0;
+  else if (since === "*") from = f.last;
+  else {
+    from = Number(String(since).replace(/"/g, ""));
+    if (!Number.isSafeInteger(from) || from < 0) return badRequest(res, "If-None-Match is not a change feed continuation (an etag of an earlier change feed response, or *)");
+  }
+  const requested = parseInt(req.headers["x-ms-max-item-count"], 10);
+  const limit = requested > 0 ? requested : 100;
+  const changed = [];
+  for (const item of docs._data.values()) {
+    const doc = item.read();
+    const lsn = f.byRid.get(doc._rid) || 0;
+    if (lsn > from) changed.push({ ...doc, _lsn: lsn });
+  }
+  changed.sort((a, b) => a._lsn - b._lsn);
+  const page = changed.slice(0, limit);
+  const upTo = page.length ? page[page.length - 1]._lsn : from;
+  res.setHeader("etag", `"${upTo}"`);
+  res.setHeader("lsn", String(f.last));
+  res.setHeader("x-ms-item-count", String(page.length));
+  if (!page.length) {
+    res.statusCode = 304;
+    return "";
+  }
+  return { _rid: collection.read()._rid, Documents: page, _count: page.length };
+});
+
 // Generic wrapper around every handler:
 // - a missing database/container is 404 NotFound, as in real Cosmos (the stock
 //   create/upsert handlers threw a TypeError -> 500 for a missing container);

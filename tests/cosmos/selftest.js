@@ -215,6 +215,44 @@ async function main() {
   show("GET /_test/stats", r);
   assert.deepStrictEqual(r.body, { queries: 3, reads: 1, upserts: 0, deletes: 1, requests: 5 });
 
+  // Change feed (latest version mode): A-IM: Incremental feed, If-None-Match continuation.
+  const feed = (since, headers = {}) =>
+    call("GET", "/dbs/tutorial/colls/us_cities/docs", {
+      headers: { "a-im": "Incremental feed", ...(since === undefined ? {} : { "if-none-match": since }), ...headers }
+    });
+  r = await feed("*");
+  assert.strictEqual(r.status, 304);
+  const now = r.headers.etag;
+  assert.match(now, /^"\d+"$/);
+  r = await feed(now);
+  assert.strictEqual(r.status, 304);
+  assert.strictEqual(r.headers.etag, now);
+  r = await call("POST", "/dbs/tutorial/colls/us_cities/docs", {
+    headers: { ...pk("Texas"), "x-ms-documentdb-is-upsert": "true" },
+    body: { id: "austin", city: "Austin", state: "Texas", population: 1 }
+  });
+  assert.strictEqual(r.status, 200);
+  const written = r.headers.etag;
+  assert.strictEqual(written, r.body._etag);
+  assert.strictEqual(r.body._lsn, undefined, "documents carry no _lsn outside the feed");
+  await call("POST", "/dbs/tutorial/colls/us_cities/docs", {
+    headers: { ...pk("Ohio"), "x-ms-documentdb-is-upsert": "true" },
+    body: { id: "columbus", city: "Columbus", state: "Ohio" }
+  });
+  r = await feed(now, { "x-ms-max-item-count": "1" });
+  show("change feed page 1", r);
+  assert.strictEqual(r.status, 200);
+  assert.deepStrictEqual(r.body.Documents.map(d => [d.id, d._etag]), [["austin", written]]);
+  const first = r.headers.etag;
+  assert.strictEqual(first, `"${r.body.Documents[0]._lsn}"`);
+  r = await feed(first);
+  assert.deepStrictEqual(r.body.Documents.map(d => d.id), ["columbus"]);
+  r = await feed(r.headers.etag);
+  assert.strictEqual(r.status, 304);
+  r = await feed(undefined);
+  assert.ok(r.body.Documents.length >= 2, "no If-None-Match: from the beginning");
+  assert.strictEqual((await feed("nope")).status, 400);
+
   r = await call("POST", "/_test/reset");
   assert.strictEqual(r.status, 200);
   r = await call("GET", "/dbs/tutorial");

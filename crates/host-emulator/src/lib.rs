@@ -36,12 +36,14 @@
 //! ├─ payload_request / payload_response   invocation-payload mode (§4, §5)
 //! ├─ forwarding     forwarding mode (§6)
 //! ├─ client         the HTTP client towards the handler
-//! └─ process        the handler process: command, environment, console, readiness (§2.3, §3)
+//! ├─ process        the handler process: command, environment, console, readiness (§2.3, §3)
+//! └─ change_feed    the cosmosDBTrigger: polls the change feed, invokes with each batch
 //! json, error, consts, time: shared types and values
 //! ```
 //! The CLI (`src/main.rs`, binary `host-emulator`) serves an app folder the way `func start`
 //! does; the integration tests start it in-process through [`HostEmulator::start`].
 
+pub mod change_feed;
 mod client;
 mod consts;
 mod error;

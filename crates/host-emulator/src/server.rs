@@ -78,8 +78,9 @@ struct Shared {
 ///   `shutdown` SIGKILLs the handler.
 ///
 /// Known gaps versus the real host: no proxying mode (§7), no legacy `httpWorker` mode, no
-/// non-HTTP triggers or output bindings (their values are logged and dropped), no retry
-/// policies (§4.5), no restart after exit or function timeout, payload-mode redirects from the
+/// non-HTTP triggers or output bindings other than `cosmosDBTrigger` (emulated by
+/// `change_feed.rs`, with its function's retry policy; other values are logged and dropped),
+/// no retry policies for other functions (§4.5), no restart after exit or function timeout, payload-mode redirects from the
 /// handler are not followed (the host's HttpClient would follow them), header names reach the
 /// handler Title-Cased (Kestrel keeps the client's spelling for non-standard headers), one TCP
 /// connection per call (no pooling), JSON request-body properties are not added to `Metadata`,
@@ -96,6 +97,8 @@ pub struct HostEmulator {
     shared: Arc<Shared>,
     server_stop: Option<oneshot::Sender<()>>,
     server_task: Option<tokio::task::JoinHandle<()>>,
+    /// The cosmosDBTrigger watchers (`change_feed.rs`).
+    change_feeds: crate::change_feed::ChangeFeeds,
 }
 
 impl HostEmulator {
@@ -128,7 +131,12 @@ impl HostEmulator {
             )));
         }
         for f in &functions {
-            if f.http_trigger.is_none() {
+            // cosmosDBTrigger functions are emulated by `change_feed.rs`.
+            let change_feed = f
+                .bindings
+                .iter()
+                .any(|b| b.kind.eq_ignore_ascii_case("cosmosDBTrigger"));
+            if f.http_trigger.is_none() && !change_feed {
                 log(&format!(
                     "function '{}' has no httpTrigger; non-HTTP triggers are not emulated",
                     f.name
@@ -198,6 +206,8 @@ impl HostEmulator {
             return Err(e);
         }
 
+        // Watch the change feed of every cosmosDBTrigger function.
+        let change_feeds = crate::change_feed::start(&app_root, &settings, handler_port);
         let shared = Arc::new(Shared {
             functions,
             routes,
@@ -235,6 +245,7 @@ impl HostEmulator {
             shared,
             server_stop: Some(stop_tx),
             server_task: Some(server_task),
+            change_feeds,
         };
         log(&format!(
             "listening on {} (mode {})",
@@ -299,6 +310,11 @@ impl HostEmulator {
         Some(url)
     }
 
+    /// The cosmosDBTrigger watchers: their resolved bindings and counters.
+    pub fn change_feeds(&self) -> &crate::change_feed::ChangeFeeds {
+        &self.change_feeds
+    }
+
     /// Whether the handler process has exited (then every call gets 500).
     pub fn handler_exited(&self) -> bool {
         self.shared.process.exit_status().is_some()
@@ -307,6 +323,7 @@ impl HostEmulator {
     /// Stops accepting calls and waits (up to 5 s) for in-flight calls, then sends SIGTERM to
     /// the handler and waits up to [`SHUTDOWN_GRACE`] for it to exit (then SIGKILL).
     pub async fn shutdown(mut self) {
+        self.change_feeds.stop();
         if let Some(stop) = self.server_stop.take() {
             let _ = stop.send(());
         }

@@ -826,7 +826,14 @@ fn project_functions_route_with_methods() {
         "{names:?}"
     );
     for f in &functions {
-        assert!(f.is_http_in_and_out(), "{} is HTTP in + out", f.name);
+        if f.http_trigger.is_some() {
+            assert!(f.is_http_in_and_out(), "{} is HTTP in + out", f.name);
+        } else {
+            // The change-feed function: a cosmosDBTrigger, always in payload mode (§1).
+            assert_eq!(f.name, "invalidate");
+            assert_eq!(f.bindings[0].kind, "cosmosDBTrigger");
+            assert!(matches!(f.wire_mode(true), emu::WireMode::Payload));
+        }
     }
     let routes = RouteTable::new(&functions, "api");
     let find = |method: Method, path: &str| {
@@ -840,6 +847,8 @@ fn project_functions_route_with_methods() {
     // Method not in `methods` → the route does not match → 404 (host router behaviour).
     assert_eq!(find(Method::GET, "/api/update"), None);
     assert_eq!(find(Method::GET, "/query"), None);
+    // No HTTP route for the change-feed function.
+    assert_eq!(find(Method::POST, "/api/invalidate"), None);
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod scratch;
 pub mod stack;
 
 pub use host_emulator;
+pub use host_emulator::change_feed;
 pub use redis_server::free_port;
 pub use stack::{Mode, Stack};
 

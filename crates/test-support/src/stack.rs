@@ -220,6 +220,18 @@ impl Stack {
         let mut env = self.cosmos.sdk_env(&self.database, CONTAINER);
         env.push(("REDIS_CONNECTION_STRING".into(), self.redis.url()));
         env.push(("RUST_LOG".into(), "warn".into()));
+        // [change feed] The invalidate function's trigger connection (change_feed.rs). Its
+        // watcher is off unless a test turns it on (`AzureWebJobs.invalidate.Disabled=false`):
+        // it adds Cosmos requests and generation bumps other tests do not expect.
+        env.push((
+            "CosmosDBConnection".into(),
+            format!(
+                "AccountEndpoint={};AccountKey={};",
+                self.cosmos.endpoint,
+                cosmos_server::EMULATOR_KEY
+            ),
+        ));
+        env.push(("AzureWebJobs.invalidate.Disabled".into(), "true".into()));
         // How Azure overrides a host.json value with an app setting; the emulator honours it.
         env.push((
             "AzureFunctionsJobHost__customHandler__enableForwardingHttpRequest".into(),
