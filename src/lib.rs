@@ -30,6 +30,8 @@
 //! - [`error`]: the HTTP edge's error enum (each variant knows its status) and the one mapping
 //!   from [`store::StoreError`] onto it.
 //! - [`seed`]: the data loader behind `handler seed`.
+//! - [`identity`]: Microsoft Entra ID tokens (managed identity, Azure CLI) for keyless Cosmos DB
+//!   and Redis, refreshed in the background by a loop that never gives up.
 //!
 //! ## Guarantees
 //! After `update` answers 200, no `query` that starts later returns data older than that write
@@ -45,6 +47,7 @@ pub mod cache;
 pub mod config;
 pub mod continuation;
 pub mod error;
+pub mod identity;
 pub mod protocol;
 pub mod routes;
 pub mod seed;
@@ -57,21 +60,50 @@ use std::sync::Arc;
 pub use protocol::router;
 pub use state::AppState;
 
-use config::Settings;
+use config::{CosmosAuth, Settings};
 
 /// Builds the shared state from settings. Connects to nothing: Redis connects lazily and Cosmos
-/// on first use, so the host's readiness probe is answered at once.
+/// on first use, so the host's readiness probe is answered at once. With Entra ID settings the
+/// token refresh loops start here (their first token request runs at once), which needs a
+/// Tokio runtime.
 ///
 /// # Errors
-/// [`StartupError`] when a client cannot be built from the settings.
+/// [`StartupError`] when a client or a credential cannot be built from the settings.
 pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
     let scope = settings.cosmos.scope();
-    let cache = cache::Cache::new(&settings.redis, settings.cache.clone(), &scope)?;
-    let store = store::CosmosStore::new(settings.cosmos.clone(), settings.cosmos_throttle_budget);
+    let mut sources = Vec::new();
+    let entra = match &settings.redis.identity {
+        Some(id) => {
+            let source = identity::start_source("redis", identity::REDIS_SCOPE, &id.credential)
+                .map_err(StartupError::Identity)?;
+            sources.push(source.clone());
+            Some(cache::EntraCredentials {
+                source,
+                user: id.principal_id.clone(),
+            })
+        }
+        None => None,
+    };
+    let cache = cache::Cache::new(&settings.redis, settings.cache.clone(), &scope, entra)?;
+    let cosmos_source = match &settings.cosmos.auth {
+        CosmosAuth::Identity(kind) => {
+            let source = identity::start_source("cosmos", identity::COSMOS_SCOPE, kind)
+                .map_err(StartupError::Identity)?;
+            sources.push(source.clone());
+            Some(source)
+        }
+        CosmosAuth::Key(_) => None,
+    };
+    let store = store::CosmosStore::with_token_source(
+        settings.cosmos.clone(),
+        settings.cosmos_throttle_budget,
+        cosmos_source,
+    );
     Ok(AppState {
         cache,
         store: Arc::new(store),
         tokens: continuation::TokenBinder::new(scope),
+        identity: sources,
     })
 }
 
@@ -81,6 +113,9 @@ pub enum StartupError {
     /// The Redis client cannot be built.
     #[error("Redis: {0}")]
     Redis(#[from] cache::CacheBuildError),
+    /// An Entra ID credential cannot be built (no managed identity here, no runtime).
+    #[error("Microsoft Entra ID: {0}")]
+    Identity(String),
 }
 
 /// Installs rustls' crypto provider for `rediss://` (the redis crate panics on the first TLS

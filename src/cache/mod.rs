@@ -45,6 +45,7 @@
 //! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; [`keys`]: key and value formats;
 //!   [`guard`]: timeout and circuit breaker; `stats.rs`: the counters.
 
+mod entra;
 pub mod failover;
 pub mod guard;
 mod invalidation;
@@ -65,6 +66,7 @@ use futures::future::{BoxFuture, Shared};
 use crate::api::CacheOutcome;
 use crate::config::{CacheSettings, RedisTarget};
 use crate::error::AppError;
+pub use entra::EntraCredentials;
 use guard::GuardedRedis;
 pub use stats::CacheStats;
 
@@ -147,6 +149,8 @@ impl Cache {
     /// A cache for the container `scope` (`<account>/<db>/<container>`, see
     /// [`crate::config::CosmosSettings::scope`]) over one lazily connected, auto-reconnecting
     /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call.
+    /// `entra` (for a `target` with an identity) supplies the connections' tokens and keeps
+    /// re-authenticating them; it needs a Tokio runtime.
     ///
     /// # Errors
     /// [`CacheBuildError`] when the Redis client cannot be built from the settings.
@@ -154,9 +158,15 @@ impl Cache {
         target: &RedisTarget,
         settings: CacheSettings,
         scope: &str,
+        entra: Option<EntraCredentials>,
     ) -> Result<Self, CacheBuildError> {
-        let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)
-            .map_err(CacheBuildError)?;
+        let redis = GuardedRedis::new(
+            target.info.clone(),
+            target.cluster,
+            settings.redis_timeout,
+            entra,
+        )
+        .map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
         Ok(Self {
             inner: Arc::new(Inner {

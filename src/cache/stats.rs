@@ -53,6 +53,9 @@ impl Cache {
             "circuitOpened": n(&r.opened),
             "circuitSkipped": n(&r.skipped),
             "invalidationPending": self.invalidation_pending(),
+            "redisAuth": if r.uses_entra_id() { "entra-id" } else { "password" },
+            "reauths": n(&r.reauths),
+            "reauthFailures": n(&r.reauth_failures),
         })
     }
 }

@@ -8,17 +8,21 @@
 //! - this file: the setting names, [`Settings`] and their loading (with the `from_lookup` seam
 //!   tests use instead of the process environment);
 //! - `redis.rs`: `REDIS_CONNECTION_STRING`'s two grammars;
-//! - `cosmos.rs`: the Cosmos account settings, its connection string and endpoint/key checks.
+//! - `cosmos.rs`: the Cosmos account settings, its connection string and endpoint/key checks;
+//! - `identity.rs`: the keyless (Microsoft Entra ID) settings of both, in the Functions host's
+//!   identity-based connection form (`CosmosDB__accountEndpoint`, `Redis__redisHostName`, ...).
 //!
 //! Secrets are azure_core's [`Secret`]: its `Debug` is redacted and it has no `Display`.
 
 use std::time::Duration;
 
 mod cosmos;
+mod identity;
 mod redis;
 
 pub use azure_core::credentials::Secret;
-pub use cosmos::{CosmosSettings, cosmos_from_env, parse_cosmos_connection_string};
+pub use cosmos::{CosmosAuth, CosmosSettings, cosmos_from_env, parse_cosmos_connection_string};
+pub use identity::{CredentialKind, RedisIdentity};
 pub use redis::{RedisTarget, parse_redis_connection_string};
 
 use cosmos::cosmos_from;
@@ -59,7 +63,7 @@ pub mod names {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
     /// Every setting above except the two ports the host sets itself.
-    pub const USER_SETTINGS: [&str; 15] = [
+    pub const USER_SETTINGS: [&str; 23] = [
         REDIS,
         REDIS_CLUSTER,
         COSMOS_CONNECTION_STRING,
@@ -75,9 +79,50 @@ pub mod names {
         COSMOS_THROTTLE_BUDGET_MS,
         LOG_FORMAT,
         RUST_LOG,
+        COSMOS_IDENTITY_ENDPOINT,
+        COSMOS_IDENTITY_CLIENT_ID,
+        COSMOS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_HOST,
+        REDIS_IDENTITY_PRINCIPAL,
+        REDIS_IDENTITY_CLIENT_ID,
+        REDIS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_SSL,
     ];
     /// The log filter, read by `tracing-subscriber` (default `info`).
     pub const RUST_LOG: &str = "RUST_LOG";
+
+    /// Keyless Cosmos DB: the account endpoint, with no key (Microsoft Entra ID).
+    pub const COSMOS_IDENTITY_ENDPOINT: &str = "CosmosDB__accountEndpoint";
+    /// Keyless Cosmos DB: client id of a user-assigned managed identity (optional).
+    pub const COSMOS_IDENTITY_CLIENT_ID: &str = "CosmosDB__clientId";
+    /// Keyless Cosmos DB: `managedidentity` or `azurecli` (optional; see `config::identity`).
+    pub const COSMOS_IDENTITY_CREDENTIAL: &str = "CosmosDB__credential";
+    /// Keyless Redis: `<name>.<region>.redis.azure.net`, `<name>.redis.cache.windows.net`, or
+    /// `host:port`.
+    pub const REDIS_IDENTITY_HOST: &str = "Redis__redisHostName";
+    /// Keyless Redis: the identity's object (principal) id, Redis's ACL user name.
+    pub const REDIS_IDENTITY_PRINCIPAL: &str = "Redis__principalId";
+    /// Keyless Redis: client id of a user-assigned managed identity (optional).
+    pub const REDIS_IDENTITY_CLIENT_ID: &str = "Redis__clientId";
+    /// Keyless Redis: `managedidentity` or `azurecli` (optional).
+    pub const REDIS_IDENTITY_CREDENTIAL: &str = "Redis__credential";
+    /// Keyless Redis: `false` turns TLS off (local runs); default `true`.
+    pub const REDIS_IDENTITY_SSL: &str = "Redis__ssl";
+    /// Set by Azure Functions / App Service (never by users): the managed-identity endpoint.
+    /// Its presence makes managed identity the default credential.
+    pub const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
+
+    /// The keyless settings above that users set.
+    pub const IDENTITY_SETTINGS: [&str; 8] = [
+        COSMOS_IDENTITY_ENDPOINT,
+        COSMOS_IDENTITY_CLIENT_ID,
+        COSMOS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_HOST,
+        REDIS_IDENTITY_PRINCIPAL,
+        REDIS_IDENTITY_CLIENT_ID,
+        REDIS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_SSL,
+    ];
 }
 
 /// A start-up error naming the setting at fault. Its text never contains the value.
@@ -130,6 +175,9 @@ pub struct Settings {
     pub cosmos_throttle_budget: Duration,
     /// JSON log lines instead of human-readable text.
     pub json_logs: bool,
+    /// What start-up should log about the settings (which of two configured forms is used):
+    /// setting names only, never values.
+    pub notices: Vec<String>,
 }
 
 impl Settings {
@@ -161,10 +209,43 @@ impl Settings {
             // `func start` always sets it; a bare `cargo run` gets a fixed dev port.
             None => 3000,
         };
-        let redis_raw =
-            get(names::REDIS).ok_or_else(|| ConfigError::new(names::REDIS, "is not set"))?;
-        let mut redis = parse_redis_connection_string(&redis_raw)
-            .map_err(|problem| ConfigError::new(names::REDIS, problem))?;
+        let mut notices = Vec::new();
+        let mut redis = match identity::redis_identity_from(&get)? {
+            Some((info, display_addr, tls, identity)) => {
+                if get(names::REDIS).is_some() {
+                    notices.push(format!(
+                        "both {} and {} are set: Redis uses Microsoft Entra ID ({}, {}); {} is \
+                         ignored",
+                        names::REDIS_IDENTITY_HOST,
+                        names::REDIS,
+                        identity.credential.describe(),
+                        names::REDIS_IDENTITY_PRINCIPAL,
+                        names::REDIS
+                    ));
+                }
+                RedisTarget {
+                    info,
+                    display_addr,
+                    tls,
+                    cluster: false,
+                    identity: Some(identity),
+                }
+            }
+            None => {
+                let raw = get(names::REDIS).ok_or_else(|| {
+                    ConfigError::new(
+                        names::REDIS,
+                        format!(
+                            "is not set (set it, or {} and {} for Microsoft Entra ID)",
+                            names::REDIS_IDENTITY_HOST,
+                            names::REDIS_IDENTITY_PRINCIPAL
+                        ),
+                    )
+                })?;
+                parse_redis_connection_string(&raw)
+                    .map_err(|problem| ConfigError::new(names::REDIS, problem))?
+            }
+        };
         redis.cluster = match get(names::REDIS_CLUSTER).as_deref().map(str::trim) {
             None => false,
             Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -176,14 +257,14 @@ impl Settings {
                 ));
             }
         };
-        if redis.cluster && redis.info.redis_settings().db() != 0 {
+        if redis.cluster && redis.identity.is_none() && redis.info.redis_settings().db() != 0 {
             return Err(ConfigError::new(
                 names::REDIS,
                 "selects a database other than 0, which a clustered Redis (REDIS_CLUSTER=true) \
                  does not have: remove defaultDatabase= (or the /N of the URL)",
             ));
         }
-        let cosmos = cosmos_from(&get)?;
+        let cosmos = cosmos_from(&get, &mut notices)?;
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
                 match get(name) {
@@ -230,6 +311,7 @@ impl Settings {
             cache,
             cosmos_throttle_budget,
             json_logs,
+            notices,
         })
     }
 }
@@ -260,7 +342,7 @@ mod tests {
     fn portal_cosmos_connection_string_keeps_padding() {
         let s = load(&base()).expect("valid settings");
         assert_eq!(s.cosmos.endpoint, "https://acct.documents.azure.com:443/");
-        assert_eq!(s.cosmos.key.secret(), "c2VjcmV0/+k=");
+        assert!(matches!(&s.cosmos.auth, CosmosAuth::Key(k) if k.secret() == "c2VjcmV0/+k="));
         assert_eq!(s.cache.ttl, Duration::from_secs(300));
         assert_eq!(s.port, 3000);
     }
@@ -336,6 +418,213 @@ mod tests {
             assert_eq!(e.name, name, "{value}");
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+    }
+
+    fn keyless() -> HashMap<&'static str, String> {
+        let mut env = base();
+        env.remove(names::REDIS);
+        env.remove(names::COSMOS_CONNECTION_STRING);
+        env.insert(
+            names::COSMOS_IDENTITY_ENDPOINT,
+            "https://acct.documents.azure.com:443/".into(),
+        );
+        env.insert(
+            names::REDIS_IDENTITY_HOST,
+            "myc.westeurope.redis.azure.net".into(),
+        );
+        env.insert(
+            names::REDIS_IDENTITY_PRINCIPAL,
+            "0a1b2c3d-0000-4000-8000-000000000001".into(),
+        );
+        env
+    }
+
+    #[test]
+    fn identity_based_connections_select_entra_id() {
+        // No IDENTITY_ENDPOINT (not in Azure): the developer's Azure CLI login.
+        let s = load(&keyless()).expect("keyless settings");
+        assert_eq!(
+            s.cosmos.auth,
+            CosmosAuth::Identity(CredentialKind::AzureCli)
+        );
+        assert_eq!(s.cosmos.endpoint, "https://acct.documents.azure.com:443/");
+        let id = s.redis.identity.as_ref().expect("redis identity");
+        assert_eq!(id.principal_id, "0a1b2c3d-0000-4000-8000-000000000001");
+        assert_eq!(
+            s.redis.info.redis_settings().username(),
+            Some("0a1b2c3d-0000-4000-8000-000000000001")
+        );
+        assert_eq!(s.redis.info.redis_settings().password(), None);
+        assert_eq!(s.redis.display_addr, "myc.westeurope.redis.azure.net:10000");
+        assert!(s.redis.tls);
+        assert!(s.notices.is_empty(), "{:?}", s.notices);
+
+        // In Azure (IDENTITY_ENDPOINT set by the platform): the managed identity; a client id
+        // selects a user-assigned one; ssl=false and host:port for local runs.
+        let mut env = keyless();
+        env.insert(
+            names::IDENTITY_ENDPOINT,
+            "http://127.0.0.1:41000/msi".into(),
+        );
+        env.insert(
+            names::COSMOS_IDENTITY_CLIENT_ID,
+            "11111111-2222-3333-4444-555555555555".into(),
+        );
+        env.insert(names::REDIS_IDENTITY_HOST, "127.0.0.1:6390".into());
+        env.insert(names::REDIS_IDENTITY_SSL, "false".into());
+        let s = load(&env).expect("managed identity");
+        assert_eq!(
+            s.cosmos.auth,
+            CosmosAuth::Identity(CredentialKind::ManagedIdentity {
+                client_id: Some("11111111-2222-3333-4444-555555555555".into())
+            })
+        );
+        assert_eq!(
+            s.redis.identity.map(|i| i.credential),
+            Some(CredentialKind::ManagedIdentity { client_id: None })
+        );
+        assert_eq!(s.redis.display_addr, "127.0.0.1:6390");
+        assert!(!s.redis.tls);
+
+        // `credential=managedidentity`, as the Functions host accepts it, without the endpoint.
+        let mut env = keyless();
+        env.insert(names::COSMOS_IDENTITY_CREDENTIAL, "ManagedIdentity".into());
+        let s = load(&env).expect("explicit credential");
+        assert_eq!(
+            s.cosmos.auth,
+            CosmosAuth::Identity(CredentialKind::ManagedIdentity { client_id: None })
+        );
+        // Cache-for-Redis host names default to 6380.
+        let mut env = keyless();
+        env.insert(
+            names::REDIS_IDENTITY_HOST,
+            "myc.redis.cache.windows.net".into(),
+        );
+        assert_eq!(
+            load(&env).expect("acr").redis.display_addr,
+            "myc.redis.cache.windows.net:6380"
+        );
+    }
+
+    #[test]
+    fn both_forms_set_say_which_is_used_without_values() {
+        let mut env = keyless();
+        env.insert(names::REDIS, "h:6380,password=hunter2redis,ssl=True".into());
+        env.insert(
+            names::COSMOS_CONNECTION_STRING,
+            "AccountEndpoint=https://acct.documents.azure.com:443/;AccountKey=aHVudGVyMg==;".into(),
+        );
+        let s = load(&env).expect("both forms");
+        assert!(s.redis.identity.is_some());
+        assert!(matches!(s.cosmos.auth, CosmosAuth::Identity(_)));
+        assert_eq!(s.notices.len(), 2, "{:?}", s.notices);
+        let all = s.notices.join("\n");
+        assert!(all.contains("REDIS_CONNECTION_STRING is ignored"), "{all}");
+        assert!(all.contains("COSMOS_CONNECTION_STRING"), "{all}");
+        for secret in ["hunter2redis", "aHVudGVyMg==", "acct.documents"] {
+            assert!(!all.contains(secret), "{all}");
+        }
+    }
+
+    #[test]
+    fn bad_keyless_combinations_name_the_setting() {
+        let cases: [(&str, &str, &str); 10] = [
+            // (setting to add, its value, the setting the error must name)
+            (
+                names::COSMOS_IDENTITY_CREDENTIAL,
+                "password",
+                names::COSMOS_IDENTITY_CREDENTIAL,
+            ),
+            (
+                names::COSMOS_IDENTITY_CLIENT_ID,
+                "not a guid!",
+                names::COSMOS_IDENTITY_CLIENT_ID,
+            ),
+            (names::REDIS_IDENTITY_SSL, "yes", names::REDIS_IDENTITY_SSL),
+            (
+                names::REDIS_IDENTITY_HOST,
+                "rediss://u:hunter2@h:6380",
+                names::REDIS_IDENTITY_HOST,
+            ),
+            (
+                names::REDIS_IDENTITY_HOST,
+                "localhost",
+                names::REDIS_IDENTITY_HOST,
+            ),
+            (
+                names::REDIS_IDENTITY_HOST,
+                "h:99999",
+                names::REDIS_IDENTITY_HOST,
+            ),
+            (
+                names::REDIS_IDENTITY_PRINCIPAL,
+                "x y",
+                names::REDIS_IDENTITY_PRINCIPAL,
+            ),
+            (
+                names::REDIS_IDENTITY_CREDENTIAL,
+                "key",
+                names::REDIS_IDENTITY_CREDENTIAL,
+            ),
+            (
+                names::COSMOS_IDENTITY_ENDPOINT,
+                "acct.documents.azure.com",
+                names::COSMOS_IDENTITY_ENDPOINT,
+            ),
+            (
+                names::COSMOS_IDENTITY_ENDPOINT,
+                "https://u:hunter2@acct/",
+                names::COSMOS_IDENTITY_ENDPOINT,
+            ),
+        ];
+        for (name, value, named) in cases {
+            let mut env = keyless();
+            env.insert(name, value.into());
+            let e = load(&env).expect_err(value);
+            assert_eq!(e.name, named, "{name}={value}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        // A user-assigned client id with the Azure CLI credential.
+        let mut env = keyless();
+        env.insert(names::COSMOS_IDENTITY_CREDENTIAL, "azurecli".into());
+        env.insert(
+            names::COSMOS_IDENTITY_CLIENT_ID,
+            "11111111-2222-3333-4444-555555555555".into(),
+        );
+        assert_eq!(
+            load(&env).expect_err("cli + client id").name,
+            names::COSMOS_IDENTITY_CLIENT_ID
+        );
+        // Half of a keyless configuration names the missing half.
+        let mut env = keyless();
+        env.remove(names::REDIS_IDENTITY_PRINCIPAL);
+        assert_eq!(
+            load(&env).expect_err("no principal").name,
+            names::REDIS_IDENTITY_PRINCIPAL
+        );
+        let mut env = keyless();
+        env.remove(names::REDIS_IDENTITY_HOST);
+        assert_eq!(
+            load(&env).expect_err("no host").name,
+            names::REDIS_IDENTITY_HOST
+        );
+        let mut env = keyless();
+        env.remove(names::COSMOS_IDENTITY_ENDPOINT);
+        env.insert(
+            names::COSMOS_IDENTITY_CLIENT_ID,
+            "11111111-2222-3333-4444-555555555555".into(),
+        );
+        assert_eq!(
+            load(&env).expect_err("no endpoint").name,
+            names::COSMOS_IDENTITY_ENDPOINT
+        );
+        // Neither Redis form.
+        let mut env = keyless();
+        env.remove(names::REDIS_IDENTITY_HOST);
+        env.remove(names::REDIS_IDENTITY_PRINCIPAL);
+        let e = load(&env).expect_err("no redis");
+        assert_eq!(e.name, names::REDIS);
+        assert!(e.problem.contains(names::REDIS_IDENTITY_HOST), "{e}");
     }
 
     #[test]

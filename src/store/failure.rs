@@ -23,7 +23,13 @@ pub(super) mod substatus {
         [20116, 20117, 20203, 20204, 20205, 20213, 20214, 20216];
     /// 400, client-side: a partition-key value the SDK refuses.
     pub const PARTITION_KEY: [u16; 5] = [20100, 20101, 20102, 20103, 20127];
+    /// 401, client-side: the token credential returned no token (Entra ID).
+    pub const TOKEN_ACQUISITION_FAILED: u16 = 20402;
 }
+
+/// How the generic 401/403 message starts; `CosmosStore` replaces it with one naming the
+/// settings of the configured authentication.
+pub(super) const CREDENTIALS_REFUSED: &str = "Cosmos DB refused the handler's credentials";
 
 pub(super) fn sub_status(e: &CosmosError) -> Option<u16> {
     e.status().sub_status().map(|s| s.value())
@@ -98,10 +104,17 @@ impl Failure {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             };
         }
+        if !from_wire && sub_status == Some(substatus::TOKEN_ACQUISITION_FAILED) {
+            return StoreError::Unavailable(
+                "no Microsoft Entra ID token for Cosmos DB: the identity endpoint (or the Azure \
+                 CLI) has not issued one; the handler keeps retrying"
+                    .into(),
+            );
+        }
         if status == 401 || status == 403 {
             return StoreError::Unavailable(format!(
-                "Cosmos DB refused the handler's credentials (HTTP {status}): check the account \
-                 key or the identity's data-plane role"
+                "{CREDENTIALS_REFUSED} (HTTP {status}): check the account key or the identity's \
+                 data-plane role"
             ));
         }
         if !from_wire && sub_status == Some(substatus::BODY_UNDECODABLE) {
