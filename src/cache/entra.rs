@@ -57,11 +57,12 @@ impl StreamingCredentialsProvider for EntraCredentials {
     }
 }
 
-/// Pauses between tries of one failed re-AUTH: 100 ms doubling up to 2 s, with jitter.
+/// Pauses between tries of one failed re-AUTH: 100 ms doubling up to 1 s, plus jitter (so at
+/// most 2 s): short against a token lifetime (the next token comes at half of it).
 fn reauth_backoff() -> backon::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
+        .with_max_delay(Duration::from_secs(1))
         .with_jitter()
         .without_max_times()
         .build()
@@ -91,6 +92,10 @@ pub(super) async fn reauth_loop(guard: Weak<GuardedRedis>, credentials: EntraCre
             match redis.reauthenticate(&credentials.user, &token).await {
                 Ok(()) => {
                     redis.reauths.fetch_add(1, Ordering::Relaxed);
+                    // Redis took the new token: whatever opened the breaker (an expired token)
+                    // is gone, so the next request goes to Redis instead of waiting out the
+                    // cool-down.
+                    redis.close_breaker();
                     continue 'tokens;
                 }
                 Err(reason) => {

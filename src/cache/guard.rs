@@ -298,6 +298,12 @@ impl GuardedRedis {
         outcome
     }
 
+    /// Closes the breaker now (a re-AUTH with a new token succeeded).
+    pub(super) fn close_breaker(&self) {
+        self.open_until_ms.store(0, Ordering::Release);
+        self.succeeded();
+    }
+
     fn succeeded(&self) {
         self.consecutive_failures.store(0, Ordering::Release);
         if self.tripped.swap(false, Ordering::AcqRel) {

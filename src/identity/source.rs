@@ -45,12 +45,14 @@ pub struct RefreshPolicy {
 }
 
 impl Default for RefreshPolicy {
-    /// 100 ms doubling up to 1 s (+ jitter): a returning endpoint is seen within 2 s. Attempts
-    /// time out after 5 s; readers wait at most 2 s.
+    /// 100 ms doubling up to 500 ms (+ jitter, so at most 1 s between attempts): a returning
+    /// endpoint is seen within about a second, at the price of two requests a second per
+    /// scope while it is down. Attempts time out after 5 s (a request held by a hanging
+    /// endpoint is answered when it returns); readers wait at most 2 s.
     fn default() -> Self {
         Self {
             min_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
+            max_delay: Duration::from_millis(500),
             attempt_timeout: Duration::from_secs(5),
             reader_wait: Duration::from_secs(2),
         }

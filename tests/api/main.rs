@@ -34,6 +34,7 @@ mod failover;
 mod hardening;
 mod herds;
 mod isolation;
+mod keyless;
 mod paging;
 mod publish;
 mod query;

@@ -49,6 +49,29 @@ struct Tracker {
     conns: Mutex<HashMap<u64, (ConnRecord, Option<watch::Sender<bool>>)>>,
     next_id: AtomicU64,
     expired_kills: AtomicU64,
+    /// While `Some`, new tokens are held back here instead of reaching the ACL (so a client's
+    /// re-AUTH with them fails).
+    held: Mutex<Option<Vec<Issued>>>,
+}
+
+async fn add_token(
+    tracker: &Tracker,
+    principal: &str,
+    admin: &mut redis::aio::MultiplexedConnection,
+    issued: Issued,
+) {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(principal)
+        .arg(format!(">{}", issued.token))
+        .query_async::<()>(admin)
+        .await
+        .expect("ACL SETUSER >token");
+    tracker
+        .tokens
+        .lock()
+        .expect("lock")
+        .insert(issued.token, issued.expires_at);
 }
 
 /// The server, its rotation and its proxy. Stops when dropped.
@@ -60,6 +83,7 @@ pub struct EntraRedis {
     /// Port of the tracking proxy: what the handler connects to.
     pub proxy_port: u16,
     admin_password: String,
+    admin_async: redis::aio::MultiplexedConnection,
     tracker: Arc<Tracker>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -88,7 +112,14 @@ impl EntraRedis {
                     .query::<()>(&mut c)
                     .unwrap_or_else(|e| panic!("ACL SETUSER {:?}: {e}", args.first()));
             };
-            acl(&["rig", "on", &format!(">{admin_password}"), "~*", "&*", "+@all"]);
+            acl(&[
+                "rig",
+                "on",
+                &format!(">{admin_password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ]);
             acl(&[principal, "on", "resetpass", "~*", "&*", "+@all"]);
             acl(&["default", "off"]);
         }
@@ -112,22 +143,19 @@ impl EntraRedis {
                     if issued.resource != REDIS_RESOURCE {
                         return;
                     }
-                    redis::cmd("ACL")
-                        .arg("SETUSER")
-                        .arg(&principal)
-                        .arg(format!(">{}", issued.token))
-                        .query_async::<()>(&mut admin)
-                        .await
-                        .expect("ACL SETUSER >token");
-                    tracker
-                        .tokens
-                        .lock()
-                        .expect("lock")
-                        .insert(issued.token, issued.expires_at);
+                    if let Some(held) = tracker.held.lock().expect("lock").as_mut() {
+                        held.push(issued);
+                        return;
+                    }
+                    add_token(&tracker, &principal, &mut admin, issued).await;
                 })
             }));
         }
-        let expiry = tokio::spawn(expire_loop(tracker.clone(), principal.to_string(), admin));
+        let expiry = tokio::spawn(expire_loop(
+            tracker.clone(),
+            principal.to_string(),
+            admin.clone(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy_port = listener.local_addr().expect("addr").port();
         let proxy = tokio::spawn(proxy_loop(
@@ -141,6 +169,7 @@ impl EntraRedis {
             principal: principal.to_string(),
             proxy_port,
             admin_password,
+            admin_async: admin,
             tracker,
             tasks: vec![expiry, proxy],
         }
@@ -168,6 +197,27 @@ impl EntraRedis {
             .collect()
     }
 
+    /// Holds back new tokens from the ACL (a client's re-AUTH with them fails) until
+    /// [`EntraRedis::release_tokens`].
+    pub fn hold_tokens(&self) {
+        *self.tracker.held.lock().expect("lock") = Some(Vec::new());
+    }
+
+    /// Adds the held-back tokens (those still valid) to the ACL and stops holding.
+    pub async fn release_tokens(&self) {
+        let held = self
+            .tracker
+            .held
+            .lock()
+            .expect("lock")
+            .take()
+            .unwrap_or_default();
+        let mut admin = self.admin_async.clone();
+        for issued in held.into_iter().filter(Issued::is_valid) {
+            add_token(&self.tracker, &self.principal, &mut admin, issued).await;
+        }
+    }
+
     /// Connections closed because their token expired.
     pub fn expired_kills(&self) -> u64 {
         self.tracker.expired_kills.load(Ordering::Relaxed)
@@ -191,7 +241,11 @@ impl EntraRedis {
 }
 
 /// Every 20 ms: drops expired tokens from the ACL and closes connections whose token expired.
-async fn expire_loop(tracker: Arc<Tracker>, principal: String, mut admin: redis::aio::MultiplexedConnection) {
+async fn expire_loop(
+    tracker: Arc<Tracker>,
+    principal: String,
+    mut admin: redis::aio::MultiplexedConnection,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         tick.tick().await;
@@ -231,7 +285,12 @@ async fn expire_loop(tracker: Arc<Tracker>, principal: String, mut admin: redis:
     }
 }
 
-async fn proxy_loop(listener: TcpListener, upstream: u16, tracker: Arc<Tracker>, principal: String) {
+async fn proxy_loop(
+    listener: TcpListener,
+    upstream: u16,
+    tracker: Arc<Tracker>,
+    principal: String,
+) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -344,7 +403,10 @@ fn parse_command(buf: &[u8]) -> Result<Option<(usize, Vec<Vec<u8>>)>, ()> {
         Some((end + 2, &buf[from..end]))
     }
     let number = |b: &[u8]| -> Result<usize, ()> {
-        std::str::from_utf8(b).map_err(|_| ())?.parse().map_err(|_| ())
+        std::str::from_utf8(b)
+            .map_err(|_| ())?
+            .parse()
+            .map_err(|_| ())
     };
     if buf.is_empty() {
         return Ok(None);

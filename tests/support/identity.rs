@@ -74,8 +74,7 @@ struct State {
 }
 
 /// See [`IdentityEndpoint::set_issue_hook`].
-pub type IssueHook =
-    Arc<dyn Fn(Issued) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+pub type IssueHook = Arc<dyn Fn(Issued) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// A running endpoint on 127.0.0.1. Stops when dropped.
 pub struct IdentityEndpoint {
@@ -135,7 +134,10 @@ impl IdentityEndpoint {
     /// `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` for the handler.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("IDENTITY_ENDPOINT".into(), format!("http://127.0.0.1:{}/msi/token", self.port)),
+            (
+                "IDENTITY_ENDPOINT".into(),
+                format!("http://127.0.0.1:{}/msi/token", self.port),
+            ),
             ("IDENTITY_HEADER".into(), self.state.header.clone()),
         ]
     }
@@ -179,7 +181,13 @@ impl IdentityEndpoint {
 
     /// Every token issued so far (to check that none leaks into logs or answers).
     pub fn all_tokens(&self) -> Vec<String> {
-        self.state.issued.lock().expect("lock").keys().cloned().collect()
+        self.state
+            .issued
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Token requests that got no token.
@@ -331,8 +339,12 @@ async fn serve_token(mut stream: TcpStream, state: &State) -> std::io::Result<()
     let (resource, cli) = match path.as_str() {
         "/msi/token" => {
             if headers.get("x-identity-header") != Some(&state.header) {
-                return respond(&mut stream, 401, "{\"error\":\"missing or wrong X-IDENTITY-HEADER\"}")
-                    .await;
+                return respond(
+                    &mut stream,
+                    401,
+                    "{\"error\":\"missing or wrong X-IDENTITY-HEADER\"}",
+                )
+                .await;
             }
             if params.get("api-version").map(String::as_str) != Some("2019-08-01") {
                 return respond(&mut stream, 400, "{\"error\":\"unsupported api-version\"}").await;
@@ -344,7 +356,9 @@ async fn serve_token(mut stream: TcpStream, state: &State) -> std::io::Result<()
         }
         "/cli" => match params.get("scope") {
             Some(s) => (
-                s.trim_end_matches("/.default").trim_end_matches('/').to_string(),
+                s.trim_end_matches("/.default")
+                    .trim_end_matches('/')
+                    .to_string(),
                 true,
             ),
             None => return respond(&mut stream, 400, "{\"error\":\"no scope\"}").await,
