@@ -313,7 +313,12 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 Some(token) => Ok((token, access)),
                 None => Err("the identity endpoint returned an expired token".to_string()),
             },
-            Ok(Err(e)) => Err(e.to_string()),
+            // One line: azure_identity appends a troubleshooting link on a line of its own.
+            Ok(Err(e)) => Err(e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")),
             Err(_) => Err(format!(
                 "no answer within {} ms",
                 policy.attempt_timeout.as_millis()

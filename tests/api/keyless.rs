@@ -100,7 +100,7 @@ async fn steady_load_with_five_second_tokens(mode: Mode) {
                     .entry(reply.cache().to_string())
                     .or_insert(0) += 1;
                 // Worker 0 writes now and then: the invalidation goes through Redis too.
-                if w == 0 && i % 25 == 0 {
+                if w == 0 && i.is_multiple_of(25) {
                     let doc = serde_json::json!({
                         "id": "keyless-probe", "city": "Probe", "state": state, "population": i,
                     });
@@ -553,4 +553,74 @@ async fn refresh_loop_survives_a_hundred_failures() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(endpoint.issued_count("https://redis.azure.com") > issued);
     assert!(source.loop_running());
+}
+
+/// No token and no `IDENTITY_HEADER` in any log line at any level: the handler runs with
+/// `RUST_LOG=trace` (every crate's events, the SDKs' and the redis crate's included) through
+/// token refreshes, re-AUTHs, an endpoint outage and its recovery, and its whole output is
+/// searched for every token the endpoint issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_any_log_line() {
+    let stack = KeylessStack::services(Mode::Forwarding, Duration::from_secs(4)).await;
+    let port = crate::support::redis_server::free_port();
+    let mut env = stack.keyless_env();
+    env.push(("RUST_LOG".into(), "trace".into()));
+    env.push(("LOG_FORMAT".into(), "json".into()));
+    env.push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()));
+    let log_path = std::env::temp_dir().join(format!("cch-keyless-log-{}", std::process::id()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+        .envs(env)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("handler");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut statuses = HashMap::new();
+    while started.elapsed() < Duration::from_secs(14) {
+        let phase = started.elapsed().as_secs();
+        stack.identity.set_mode(if (6..9).contains(&phase) {
+            EndpointMode::Refuse
+        } else {
+            EndpointMode::Serve
+        });
+        if let Ok(reply) = http
+            .get(format!("{base}/api/query?state=Texas"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
+            *statuses.entry(reply.status().as_u16()).or_insert(0) += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let _ = std::fs::remove_file(&log_path);
+    let tokens = stack.identity.all_tokens();
+    eprintln!(
+        "trace log: {} lines, {} tokens issued, answers {statuses:?}",
+        text.lines().count(),
+        tokens.len()
+    );
+    assert!(tokens.len() >= 4, "{tokens:?}");
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) > 10,
+        "{statuses:?}"
+    );
+    let header = stack
+        .identity
+        .env()
+        .into_iter()
+        .find(|(k, _)| k == "IDENTITY_HEADER")
+        .map(|(_, v)| v)
+        .expect("header");
+    for secret in tokens.iter().chain(std::iter::once(&header)) {
+        if let Some(line) = text.lines().find(|l| l.contains(secret.as_str())) {
+            panic!("a secret in the log: {line}");
+        }
+    }
 }

@@ -43,10 +43,16 @@ pub struct ConnRecord {
     pub killed_expired: bool,
 }
 
+type TrackedConn = (ConnRecord, Option<watch::Sender<bool>>);
+
+/// A parsed command: the bytes it took and its arguments.
+type Parsed = (usize, Vec<Vec<u8>>);
+
 #[derive(Default)]
 struct Tracker {
     tokens: Mutex<HashMap<String, SystemTime>>,
-    conns: Mutex<HashMap<u64, (ConnRecord, Option<watch::Sender<bool>>)>>,
+    /// Each connection's record and the switch that closes it.
+    conns: Mutex<HashMap<u64, TrackedConn>>,
     next_id: AtomicU64,
     expired_kills: AtomicU64,
     /// While `Some`, new tokens are held back here instead of reaching the ACL (so a client's
@@ -397,7 +403,7 @@ fn note_auth(tracker: &Tracker, id: u64, principal: &str, args: &[Vec<u8>]) {
 /// One RESP array of bulk strings (what clients send) from the start of `buf`: the bytes it
 /// takes and its elements; `Ok(None)` when incomplete; `Err` for anything else (inline
 /// commands: tracking stops, forwarding goes on).
-fn parse_command(buf: &[u8]) -> Result<Option<(usize, Vec<Vec<u8>>)>, ()> {
+fn parse_command(buf: &[u8]) -> Result<Option<Parsed>, ()> {
     fn line(buf: &[u8], from: usize) -> Option<(usize, &[u8])> {
         let end = buf[from..].windows(2).position(|w| w == b"\r\n")? + from;
         Some((end + 2, &buf[from..end]))
