@@ -288,7 +288,7 @@ impl GuardedRedis {
         let conn = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
         let outcome = match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Failure::Error(redis_reason(&e))),
+            Ok(Err(e)) => Err(Failure::Error(self.reason(&e))),
             Err(_) => Err(Failure::Timeout),
         };
         match &outcome {
@@ -332,6 +332,30 @@ impl GuardedRedis {
             if let Ok(fresh) = Self::connect(&self.connector, self.timeout) {
                 *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
             }
+        }
+    }
+}
+
+impl GuardedRedis {
+    /// [`redis_reason`], plus, when Redis refused the credentials, the settings to check.
+    fn reason(&self, e: &redis::RedisError) -> String {
+        let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+        let reason = redis_reason(e);
+        match (refused, self.entra.is_some()) {
+            (false, _) => reason,
+            (true, false) => format!(
+                "{reason}: Redis refused the credentials of {} (a wrong or rotated password, or \
+                 access keys disabled: use {} and {} for Microsoft Entra ID)",
+                crate::config::names::REDIS,
+                crate::config::names::REDIS_IDENTITY_HOST,
+                crate::config::names::REDIS_IDENTITY_PRINCIPAL
+            ),
+            (true, true) => format!(
+                "{reason}: Redis refused the Entra ID token of {} (no valid token yet, or no \
+                 data access policy assignment for that object id)",
+                crate::config::names::REDIS_IDENTITY_PRINCIPAL
+            ),
         }
     }
 }

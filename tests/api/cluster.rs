@@ -8,14 +8,14 @@ use crate::support::redis_server::RedisServer;
 use crate::support::{Mode, Stack};
 
 /// Cluster-enabled nodes joined with `redis-cli --cluster create`, all slots covered.
-struct LocalCluster {
-    nodes: Vec<RedisServer>,
+pub(crate) struct LocalCluster {
+    pub(crate) nodes: Vec<RedisServer>,
     _dirs: Vec<std::path::PathBuf>,
 }
 
 impl LocalCluster {
     /// Three primaries.
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(3, 0)
     }
 

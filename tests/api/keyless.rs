@@ -22,6 +22,7 @@ both_modes!(
     keys_refused_keyless_works,
     failed_reauth_is_retried,
     developer_credential_is_cached,
+    cluster_nodes_each_reauthenticate,
 );
 
 const STATES: [&str; 6] = ["Texas", "Ohio", "Idaho", "Utah", "Iowa", "Maine"];
@@ -622,5 +623,215 @@ async fn no_secret_in_any_log_line() {
         if let Some(line) = text.lines().find(|l| l.contains(secret.as_str())) {
             panic!("a secret in the log: {line}");
         }
+    }
+}
+
+/// `REDIS_CLUSTER=true` with Entra ID: a real 3-node cluster whose nodes each have the
+/// identity's ACL user (passwords = the valid Redis tokens, rotated on every node as they are
+/// issued and removed at expiry) and `default` off. 20 s of load with 5-second tokens: no
+/// bypass after the first token, every node shows the identity in `CLIENT LIST`, and every node
+/// received a re-AUTH per token refresh (`INFO commandstats`). (Closing connections at token
+/// expiry is checked on the single endpoint, through the tracking proxy, which a cluster's
+/// announced node addresses bypass.)
+async fn cluster_nodes_each_reauthenticate(mode: Mode) {
+    use crate::support::keyless::PRINCIPAL;
+    let cluster = crate::cluster::LocalCluster::start();
+    // The services of a keyless stack, with the cluster instead of the single server.
+    let mut stack = KeylessStack::services(mode, Duration::from_secs(5)).await;
+    let admin_password = format!("admin-{:016x}", rand::random::<u64>());
+    for node in &cluster.nodes {
+        let mut c = node.connection();
+        for args in [
+            vec![
+                "rig",
+                "on",
+                &format!(">{admin_password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ],
+            vec![PRINCIPAL, "on", "resetpass", "~*", "&*", "+@all"],
+            vec!["default", "off"],
+        ] {
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(&args)
+                .query::<()>(&mut c)
+                .expect("ACL SETUSER");
+        }
+    }
+    let admins: Vec<redis::aio::MultiplexedConnection> = {
+        let mut v = Vec::new();
+        for node in &cluster.nodes {
+            v.push(
+                redis::Client::open(format!(
+                    "redis://rig:{admin_password}@127.0.0.1:{}",
+                    node.port
+                ))
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("admin"),
+            );
+        }
+        v
+    };
+    let hook_admins = admins.clone();
+    stack.identity.set_issue_hook(Arc::new(move |issued| {
+        let mut admins = hook_admins.clone();
+        Box::pin(async move {
+            if issued.resource != "https://redis.azure.com" {
+                return;
+            }
+            for admin in &mut admins {
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(PRINCIPAL)
+                    .arg(format!(">{}", issued.token))
+                    .query_async::<()>(admin)
+                    .await
+                    .expect("ACL SETUSER >token");
+            }
+            // Removed from every node when it expires.
+            let mut admins = admins.clone();
+            tokio::spawn(async move {
+                let left = issued
+                    .expires_at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::sleep(left).await;
+                for admin in &mut admins {
+                    let _ = redis::cmd("ACL")
+                        .arg("SETUSER")
+                        .arg(PRINCIPAL)
+                        .arg(format!("<{}", issued.token))
+                        .query_async::<()>(admin)
+                        .await;
+                }
+            });
+        })
+    }));
+    let mut env: Vec<(String, String)> = stack
+        .keyless_env()
+        .into_iter()
+        .filter(|(k, _)| k != "Redis__redisHostName")
+        .collect();
+    env.push((
+        "Redis__redisHostName".into(),
+        format!("127.0.0.1:{}", cluster.nodes[0].port),
+    ));
+    env.push(("REDIS_CLUSTER".into(), "true".into()));
+    stack.start_handler(env).await;
+    wait_for_cache(&stack, "query?state=Texas", Duration::from_secs(15)).await;
+    let auth_calls = |admins: &[redis::aio::MultiplexedConnection]| {
+        let mut admins = admins.to_vec();
+        async move {
+            let mut calls = Vec::new();
+            for admin in &mut admins {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(admin)
+                    .await
+                    .expect("INFO");
+                calls.push(
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("cmdstat_auth:calls="))
+                        .and_then(|rest| rest.split(',').next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0),
+                );
+            }
+            calls
+        }
+    };
+    let before = auth_calls(&admins).await;
+    let issued_before = stack.identity.issued_count("https://redis.azure.com");
+    let started = Instant::now();
+    let mut outcomes: HashMap<String, u64> = HashMap::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        for state in STATES {
+            let reply = stack.get(&format!("query?state={state}")).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            *outcomes.entry(reply.cache().to_string()).or_insert(0) += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = auth_calls(&admins).await;
+    let refreshes = stack.identity.issued_count("https://redis.azure.com") - issued_before;
+    eprintln!(
+        "keyless cluster ({mode:?}): {outcomes:?}; {refreshes} tokens; AUTH calls per node {before:?} -> {after:?}"
+    );
+    assert_eq!(outcomes.get("bypass"), None, "{outcomes:?}");
+    assert!(refreshes >= 6, "{refreshes}");
+    for (node, (b, a)) in cluster.nodes.iter().zip(before.iter().zip(&after)) {
+        assert!(
+            a - b >= refreshes - 1,
+            "node {}: {b} -> {a} AUTHs for {refreshes} tokens",
+            node.port
+        );
+        let list: String = redis::Client::open(format!(
+            "redis://rig:{admin_password}@127.0.0.1:{}",
+            node.port
+        ))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("CLIENT").arg("LIST").query(&mut c))
+        .expect("CLIENT LIST");
+        assert!(
+            list.contains(&format!("user={PRINCIPAL}")),
+            "node {}: {list}",
+            node.port
+        );
+    }
+    stack.shutdown().await;
+}
+
+/// `handler seed` with `CosmosDB__accountEndpoint` (keys refused): into the existing container
+/// it writes with tokens; a missing container it cannot create (a control-plane operation) and
+/// says what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_with_entra_id() {
+    let stack = KeylessStack::services(Mode::Payload, Duration::from_secs(60)).await;
+    let seed = |database: &str| {
+        let env: Vec<(String, String)> = stack
+            .keyless_env()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("Redis__") && k != "COSMOS_DATABASE")
+            .chain([("COSMOS_DATABASE".to_string(), database.to_string())])
+            .collect();
+        std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+            .args(["seed", "--csv"])
+            .arg(crate::support::stack::cities_csv())
+            .envs(env)
+            .output()
+            .expect("handler seed")
+    };
+    let before = stack.cosmos.auth_counters().await;
+    let into_existing = seed(&stack.database);
+    let stdout = String::from_utf8_lossy(&into_existing.stdout);
+    assert!(
+        into_existing.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&into_existing.stderr)
+    );
+    assert!(stdout.contains("Microsoft Entra ID"), "{stdout}");
+    let after = stack.cosmos.auth_counters().await;
+    let accepted = |v: &Value| v["aadAccepted"].as_u64().unwrap_or(0);
+    assert!(
+        accepted(&after) >= accepted(&before) + 1_000,
+        "{before} -> {after}"
+    );
+
+    let missing = seed("not_created_yet");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    for expected in [
+        "does not exist",
+        "cannot create databases or containers",
+        "az cosmosdb sql container create",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    }
+    for token in stack.identity.all_tokens() {
+        assert!(!stderr.contains(&token) && !stdout.contains(&token));
     }
 }
