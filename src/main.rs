@@ -103,6 +103,14 @@ async fn serve() -> ExitCode {
         redis = %settings.redis.display_addr,
         redis_tls = settings.redis.tls,
         redis_cluster = settings.redis.cluster,
+        redis_auth = %settings.redis.identity.as_ref().map_or_else(
+            || "password (REDIS_CONNECTION_STRING)".to_string(),
+            |id| format!("Microsoft Entra ID, {}", id.credential.describe())
+        ),
+        cosmos_auth = %match &settings.cosmos.auth {
+            config::CosmosAuth::Key(_) => "account key".to_string(),
+            config::CosmosAuth::Identity(kind) => format!("Microsoft Entra ID, {}", kind.describe()),
+        },
         database = %settings.cosmos.database,
         container = %settings.cosmos.container,
         "custom handler listening"
