@@ -196,20 +196,29 @@ impl IdentityEndpoint {
     }
 
     /// Writes an executable `az` into `dir` that answers `az account get-access-token -o json
-    /// --scope <scope>` from this endpoint (with curl), as the Azure CLI would after `az
-    /// login`. Put `dir` first on the handler's `PATH`.
+    /// --scope <scope>` from this endpoint, as the Azure CLI would after `az login`. Put `dir`
+    /// first on the handler's `PATH`.
     pub fn install_az_stub(&self, dir: &std::path::Path) {
         use std::os::unix::fs::PermissionsExt;
+        // Node, not curl: node is already a test requirement (the Cosmos server).
         let script = format!(
-            "#!/bin/sh\n\
-             # Stand-in for the Azure CLI (test support): az account get-access-token -o json --scope S\n\
-             scope=''\n\
-             while [ $# -gt 0 ]; do\n\
-               if [ \"$1\" = --scope ]; then scope=\"$2\"; shift; fi\n\
-               shift\n\
-             done\n\
-             exec curl -sf --max-time 10 -G 'http://127.0.0.1:{}/cli' --data-urlencode \"scope=$scope\"\n",
-            self.port
+            r#"#!/bin/sh
+# Stand-in for the Azure CLI (test support): az account get-access-token -o json --scope S
+exec node -e '
+const args = process.argv.slice(1);
+const i = args.indexOf("--scope");
+const scope = i >= 0 ? args[i + 1] : "";
+const url = "http://127.0.0.1:{port}/cli?scope=" + encodeURIComponent(scope);
+require("http").get(url, res => {{
+  let body = "";
+  res.on("data", c => (body += c)).on("end", () => {{
+    if (res.statusCode !== 200) {{ process.stderr.write("ERROR: token request failed\n"); process.exit(1); }}
+    process.stdout.write(body);
+  }});
+}}).on("error", e => {{ process.stderr.write("ERROR: " + e.message + "\n"); process.exit(1); }});
+' -- "$@"
+"#,
+            port = self.port
         );
         std::fs::create_dir_all(dir).expect("az stub dir");
         let path = dir.join("az");
