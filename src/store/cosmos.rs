@@ -82,12 +82,9 @@ impl CosmosStore {
     /// settings, or the identity's role assignment.
     fn name_the_setting(&self, e: StoreError) -> StoreError {
         match e {
-            StoreError::Unavailable(m) if m.starts_with(super::failure::CREDENTIALS_REFUSED) => {
-                let status = m
-                    .split_once("(HTTP ")
-                    .and_then(|(_, rest)| rest.split_once(')'))
-                    .map_or("", |(code, _)| code);
-                StoreError::Unavailable(match &self.settings.auth {
+            StoreError::CredentialsRefused { status, .. } => StoreError::CredentialsRefused {
+                status,
+                message: match &self.settings.auth {
                     CosmosAuth::Key(_) => format!(
                         "Cosmos DB refused the account key (HTTP {status}): check {} (or {} \
                          and {}); an account with local (key) authentication disabled accepts \
@@ -104,8 +101,8 @@ impl CosmosStore {
                         kind.describe(),
                         names::COSMOS_IDENTITY_ENDPOINT
                     ),
-                })
-            }
+                },
+            },
             other => other,
         }
     }

@@ -27,10 +27,6 @@ pub(super) mod substatus {
     pub const TOKEN_ACQUISITION_FAILED: u16 = 20402;
 }
 
-/// How the generic 401/403 message starts; `CosmosStore` replaces it with one naming the
-/// settings of the configured authentication.
-pub(super) const CREDENTIALS_REFUSED: &str = "Cosmos DB refused the handler's credentials";
-
 pub(super) fn sub_status(e: &CosmosError) -> Option<u16> {
     e.status().sub_status().map(|s| s.value())
 }
@@ -112,10 +108,14 @@ impl Failure {
             );
         }
         if status == 401 || status == 403 {
-            return StoreError::Unavailable(format!(
-                "{CREDENTIALS_REFUSED} (HTTP {status}): check the account key or the identity's \
-                 data-plane role"
-            ));
+            // `CosmosStore` replaces the message with one naming the configured settings.
+            return StoreError::CredentialsRefused {
+                status,
+                message: format!(
+                    "Cosmos DB refused the handler's credentials (HTTP {status}): check the \
+                     account key or the identity's data-plane role"
+                ),
+            };
         }
         if !from_wire && sub_status == Some(substatus::BODY_UNDECODABLE) {
             return StoreError::BadGateway(
