@@ -172,7 +172,9 @@ impl From<crate::store::StoreError> for AppError {
                 message: format!("Cosmos DB refused the document: {message}"),
             },
             S::Throttled { retry_after_secs } => Self::Throttled { retry_after_secs },
-            S::Unavailable(message) => Self::Unavailable(message),
+            S::Unavailable(message) | S::CredentialsRefused { message, .. } => {
+                Self::Unavailable(message)
+            }
             S::BadGateway(message) => Self::BadGateway(message),
             S::Internal => Self::Internal,
         }

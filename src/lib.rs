@@ -37,6 +37,8 @@
 //! - [`error`]: the HTTP edge's error enum (each variant knows its status) and the one mapping
 //!   from [`store::StoreError`] onto it.
 //! - [`seed`]: the data loader behind `handler seed`.
+//! - [`identity`]: Microsoft Entra ID tokens (managed identity, Azure CLI) for keyless Cosmos DB
+//!   and Redis, refreshed in the background by a loop that never gives up.
 //!
 //! ## Following one `GET /api/query?state=Texas` (a hit, forwarding mode)
 //! 1. `protocol/mod.rs`: [`router`] matches `/api/{function}`;
@@ -62,6 +64,7 @@ pub mod cache;
 pub mod config;
 pub mod continuation;
 pub mod error;
+pub mod identity;
 pub mod protocol;
 pub mod routes;
 pub mod seed;
@@ -74,21 +77,50 @@ use std::sync::Arc;
 pub use protocol::router;
 pub use state::AppState;
 
-use config::Settings;
+use config::{CosmosAuth, Settings};
 
 /// Builds the shared state from settings. Connects to nothing: Redis connects lazily and Cosmos
-/// on first use, so the host's readiness probe is answered at once.
+/// on first use, so the host's readiness probe is answered at once. With Entra ID settings the
+/// token refresh loops start here (their first token request runs at once), which needs a
+/// Tokio runtime.
 ///
 /// # Errors
-/// [`StartupError`] when a client cannot be built from the settings.
+/// [`StartupError`] when a client or a credential cannot be built from the settings.
 pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
     let scope = settings.cosmos.scope();
-    let cache = cache::Cache::new(&settings.redis, settings.cache.clone(), &scope)?;
-    let store = store::CosmosStore::new(settings.cosmos.clone(), settings.cosmos_throttle_budget);
+    let mut sources = Vec::new();
+    let entra = match &settings.redis.identity {
+        Some(id) => {
+            let source = identity::start_source("redis", identity::REDIS_SCOPE, &id.credential)
+                .map_err(StartupError::Identity)?;
+            sources.push(source.clone());
+            Some(cache::EntraCredentials {
+                source,
+                user: id.principal_id.clone(),
+            })
+        }
+        None => None,
+    };
+    let cache = cache::Cache::new(&settings.redis, settings.cache.clone(), &scope, entra)?;
+    let cosmos_source = match &settings.cosmos.auth {
+        CosmosAuth::Identity(kind) => {
+            let source = identity::start_source("cosmos", identity::COSMOS_SCOPE, kind)
+                .map_err(StartupError::Identity)?;
+            sources.push(source.clone());
+            Some(source)
+        }
+        CosmosAuth::Key(_) => None,
+    };
+    let store = store::CosmosStore::with_token_source(
+        settings.cosmos.clone(),
+        settings.cosmos_throttle_budget,
+        cosmos_source,
+    );
     Ok(AppState {
         cache,
         store: Arc::new(store),
         tokens: continuation::TokenBinder::new(scope),
+        identity: sources,
     })
 }
 
@@ -101,6 +133,9 @@ pub enum StartupError {
     /// The listener failed (an I/O error accepting connections).
     #[error("server: {0}")]
     Serve(String),
+    /// An Entra ID credential cannot be built (no managed identity here, no runtime).
+    #[error("Microsoft Entra ID: {0}")]
+    Identity(String),
 }
 
 /// Serves the handler on `listener` until `shutdown` completes, then drains in-flight requests
@@ -137,6 +172,14 @@ pub async fn run(
         redis = %settings.redis.display_addr,
         redis_tls = settings.redis.tls,
         redis_cluster = settings.redis.cluster,
+        redis_auth = %settings.redis.identity.as_ref().map_or_else(
+            || "password (REDIS_CONNECTION_STRING)".to_string(),
+            |id| format!("Microsoft Entra ID, {}", id.credential.describe())
+        ),
+        cosmos_auth = %match &settings.cosmos.auth {
+            CosmosAuth::Key(_) => "account key".to_string(),
+            CosmosAuth::Identity(kind) => format!("Microsoft Entra ID, {}", kind.describe()),
+        },
         database = %settings.cosmos.database,
         container = %settings.cosmos.container,
         "custom handler listening"

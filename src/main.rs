@@ -64,6 +64,9 @@ async fn serve() -> ExitCode {
         }
     };
     telemetry::init(settings.json_logs);
+    for notice in &settings.notices {
+        tracing::warn!("{notice}");
+    }
     let app_root = std::env::var_os("FUNCTIONS_APP_ROOT_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
@@ -107,10 +110,13 @@ async fn shutdown_signal() {
 /// Seeding writes to Cosmos like `update` does, so it invalidates the container's cached pages
 /// when the handler's Redis settings are present.
 async fn invalidate_after_seeding() {
-    if std::env::var_os(config::names::REDIS).is_none() {
+    if std::env::var_os(config::names::REDIS).is_none()
+        && std::env::var_os(config::names::REDIS_IDENTITY_HOST).is_none()
+    {
         println!(
-            "{} is not set: no cache to invalidate",
-            config::names::REDIS
+            "neither {} nor {} is set: no cache to invalidate",
+            config::names::REDIS,
+            config::names::REDIS_IDENTITY_HOST
         );
         return;
     }
@@ -122,19 +128,29 @@ async fn invalidate_after_seeding() {
         }
     };
     cosmos_cache_handler::install_crypto_provider();
-    match cosmos_cache_handler::build_state(&settings) {
-        Ok(state) => match state.cache.invalidate().await {
-            cosmos_cache_handler::cache::Invalidation::Done => {
-                println!("cache invalidated ({})", settings.redis.display_addr);
-            }
-            cosmos_cache_handler::cache::Invalidation::Pending => {
-                eprintln!(
-                    "warning: Redis at {} did not accept the invalidation; cached pages may be served until their TTL",
-                    settings.redis.display_addr
-                );
-            }
-        },
-        Err(e) => eprintln!("cache not invalidated: {e}"),
+    let state = match cosmos_cache_handler::build_state(&settings) {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("cache not invalidated: {e}");
+            return;
+        }
+    };
+    // Entra ID: the first token is being requested right now; wait for it.
+    for source in &state.identity {
+        source
+            .usable_within(std::time::Duration::from_secs(30))
+            .await;
+    }
+    match state.cache.invalidate().await {
+        cosmos_cache_handler::cache::Invalidation::Done => {
+            println!("cache invalidated ({})", settings.redis.display_addr);
+        }
+        cosmos_cache_handler::cache::Invalidation::Pending => {
+            eprintln!(
+                "warning: Redis at {} did not accept the invalidation; cached pages may be served until their TTL",
+                settings.redis.display_addr
+            );
+        }
     }
 }
 
@@ -165,12 +181,47 @@ async fn seed_command(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = match config::cosmos_from_env() {
+    let (settings, notices) = match config::cosmos_from_env() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("configuration error: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    for notice in notices {
+        eprintln!("note: {notice}");
+    }
+    let token_source = match &settings.auth {
+        config::CosmosAuth::Identity(kind) => {
+            println!(
+                "authenticating with Microsoft Entra ID ({}): the container must exist already",
+                kind.describe()
+            );
+            match cosmos_cache_handler::identity::start_source(
+                "cosmos",
+                cosmos_cache_handler::identity::COSMOS_SCOPE,
+                kind,
+            ) {
+                Ok(s) => {
+                    if s.usable_within(std::time::Duration::from_secs(30))
+                        .await
+                        .is_none()
+                    {
+                        eprintln!(
+                            "Microsoft Entra ID: no token within 30 s ({})",
+                            s.failure_summary()
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("Microsoft Entra ID: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        config::CosmosAuth::Key(_) => None,
     };
     println!(
         "seeding {} documents into {}/{} (partition key {})",
@@ -179,7 +230,11 @@ async fn seed_command(args: &[String]) -> ExitCode {
         settings.container,
         seed::PARTITION_KEY_PATH
     );
-    let store = store::CosmosStore::new(settings, std::time::Duration::from_secs(30));
+    let store = store::CosmosStore::with_token_source(
+        settings,
+        std::time::Duration::from_secs(30),
+        token_source,
+    );
     let started = std::time::Instant::now();
     // One progress line: rewritten in place on a terminal, left out of logs and pipes.
     let terminal = std::io::stdout().is_terminal();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::continuation::TokenBinder;
+use crate::identity::TokenSource;
 use crate::store::Store;
 
 /// Shared by all invocations: one Redis connection (inside [`Cache`]) and one Cosmos client
@@ -16,4 +17,6 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Seals the continuation tokens handed out, and checks the ones that come back.
     pub tokens: TokenBinder,
+    /// The Entra ID token sources in use (Redis, Cosmos), for diagnostics; empty with keys.
+    pub identity: Vec<TokenSource>,
 }

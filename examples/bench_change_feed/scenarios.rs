@@ -1,5 +1,5 @@
 //! Benchmark section 10 (included by `examples/bench.rs`): the change-feed function
-//! `invalidate`, driven by the host emulator's trigger (`tests/support/change_feed.rs`)
+//! `invalidate`, driven by the host emulator's trigger (`crates/host-emulator/src/change_feed.rs`)
 //! polling the local Cosmos server every `feedPollDelay` (1000 ms, `invalidate/function.json`).
 //!
 //! - 10a: the staleness window of writes made straight to Cosmos (REST upserts, neither the

@@ -3,11 +3,16 @@
 //! skips Redis for a short cool-down after repeated failures (instead of paying the timeout on
 //! every request while Redis is a black hole), and a rebuild of the connection when the breaker
 //! opens, so a connection wedged by a non-I/O failure (`WRONGPASS` after a key rotation,
-//! `max number of clients reached`) recovers without restarting the process.
+//! `max number of clients reached`) recovers without restarting the process. With Microsoft
+//! Entra ID, every connection opens with the current token and is re-authenticated with each
+//! new one ([`super::entra`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use super::entra::{EntraCredentials, reauth_loop};
+use crate::identity::Token;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -94,7 +99,7 @@ impl ConnectionLike for RedisConn {
 
 /// How to (re)create the connection.
 enum Connector {
-    Single(Box<redis::Client>),
+    Single(Box<redis::Client>, Option<EntraCredentials>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -115,11 +120,18 @@ pub struct GuardedRedis {
     pub skipped: AtomicU64,
     /// Calls that failed or timed out.
     pub errors: AtomicU64,
+    /// Entra ID: re-AUTHs of the open connection(s) with a new token that Redis accepted.
+    pub reauths: AtomicU64,
+    /// Entra ID: re-AUTH attempts that failed (each is retried).
+    pub reauth_failures: AtomicU64,
+    /// Entra ID: the token source and user (`None` with a password or no auth).
+    entra: Option<EntraCredentials>,
 }
 
 impl GuardedRedis {
     /// A lazily connecting guard around `info`; `cluster` selects the cluster client.
-    /// `timeout` bounds every call.
+    /// `timeout` bounds every call. With `entra`, connections authenticate with its tokens and
+    /// a background task re-authenticates them with each new one (it needs a Tokio runtime).
     ///
     /// # Errors
     /// When the client cannot be created (a kind of error, no details).
@@ -127,20 +139,36 @@ impl GuardedRedis {
         info: redis::ConnectionInfo,
         cluster: bool,
         timeout: Duration,
+        entra: Option<EntraCredentials>,
     ) -> Result<Arc<Self>, String> {
         let connector = if cluster {
+            let mut builder = redis::cluster::ClusterClientBuilder::new(vec![info]);
+            if let Some(credentials) = &entra {
+                builder = builder.set_credentials_provider(credentials.clone());
+            }
             Connector::Cluster(Box::new(
-                ClusterClient::new(vec![info])
+                builder
+                    .build()
                     .map_err(|e| format!("invalid Redis cluster settings: {:?}", e.kind()))?,
             ))
         } else {
-            Connector::Single(Box::new(
-                redis::Client::open(info)
-                    .map_err(|e| format!("invalid Redis settings: {:?}", e.kind()))?,
-            ))
+            Connector::Single(
+                Box::new(
+                    redis::Client::open(info)
+                        .map_err(|e| format!("invalid Redis settings: {:?}", e.kind()))?,
+                ),
+                entra.clone(),
+            )
         };
+        let runtime =
+            match &entra {
+                Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                    "Redis with Microsoft Entra ID needs a Tokio runtime".to_string()
+                })?),
+                None => None,
+            };
         let conn = Self::connect(&connector, timeout)?;
-        Ok(Arc::new(Self {
+        let guard = Arc::new(Self {
             connector,
             timeout,
             conn: RwLock::new(conn),
@@ -151,18 +179,66 @@ impl GuardedRedis {
             opened: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-        }))
+            reauths: AtomicU64::new(0),
+            reauth_failures: AtomicU64::new(0),
+            entra: entra.clone(),
+        });
+        if let (Some(runtime), Some(credentials)) = (runtime, entra) {
+            runtime.spawn(reauth_loop(Arc::downgrade(&guard), credentials));
+        }
+        Ok(guard)
+    }
+
+    /// Whether connections authenticate with Entra ID tokens.
+    pub fn uses_entra_id(&self) -> bool {
+        self.entra.is_some()
+    }
+
+    /// `AUTH <user> <token>` on the open connection (a single endpoint), or on every node's
+    /// (a cluster). Not behind the breaker: an open breaker may be what a new token fixes.
+    ///
+    /// # Errors
+    /// The failure's kind (never the token).
+    pub(super) async fn reauthenticate(&self, user: &str, token: &Token) -> Result<(), String> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+        let conn = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut auth = redis::cmd("AUTH");
+        auth.arg(user).arg(token.secret.secret());
+        let sent = async move {
+            match conn {
+                RedisConn::Single(mut c) => auth.query_async::<()>(&mut c).await,
+                RedisConn::Cluster(mut c) => c
+                    .route_command(
+                        auth,
+                        RoutingInfo::MultiNode((
+                            MultipleNodeRoutingInfo::AllNodes,
+                            Some(ResponsePolicy::AllSucceeded),
+                        )),
+                    )
+                    .await
+                    .map(|_| ()),
+            }
+        };
+        // A re-AUTH may have to reconnect first: allow a few call timeouts.
+        match tokio::time::timeout(self.timeout * 4, sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(redis_reason(&e)),
+            Err(_) => Err("timeout".into()),
+        }
     }
 
     /// A new lazily connecting connection: nothing is contacted until the first command.
     fn connect(connector: &Connector, timeout: Duration) -> Result<RedisConn, String> {
         match connector {
-            Connector::Single(client) => {
-                let config = ConnectionManagerConfig::new()
+            Connector::Single(client, entra) => {
+                let mut config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
+                if let Some(credentials) = entra {
+                    config = config.set_credentials_provider(credentials.clone());
+                }
                 ConnectionManager::new_lazy_with_config(redis::Client::clone(client), config)
                     .map(RedisConn::Single)
                     .map_err(|e| {
@@ -212,7 +288,7 @@ impl GuardedRedis {
         let conn = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
         let outcome = match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Failure::Error(redis_reason(&e))),
+            Ok(Err(e)) => Err(Failure::Error(self.reason(&e))),
             Err(_) => Err(Failure::Timeout),
         };
         match &outcome {
@@ -220,6 +296,12 @@ impl GuardedRedis {
             Err(f) => self.failed(f),
         }
         outcome
+    }
+
+    /// Closes the breaker now (a re-AUTH with a new token succeeded).
+    pub(super) fn close_breaker(&self) {
+        self.open_until_ms.store(0, Ordering::Release);
+        self.succeeded();
     }
 
     fn succeeded(&self) {
@@ -250,6 +332,30 @@ impl GuardedRedis {
             if let Ok(fresh) = Self::connect(&self.connector, self.timeout) {
                 *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
             }
+        }
+    }
+}
+
+impl GuardedRedis {
+    /// [`redis_reason`], plus, when Redis refused the credentials, the settings to check.
+    fn reason(&self, e: &redis::RedisError) -> String {
+        let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+        let reason = redis_reason(e);
+        match (refused, self.entra.is_some()) {
+            (false, _) => reason,
+            (true, false) => format!(
+                "{reason}: Redis refused the credentials of {} (a wrong or rotated password, or \
+                 access keys disabled: use {} and {} for Microsoft Entra ID)",
+                crate::config::names::REDIS,
+                crate::config::names::REDIS_IDENTITY_HOST,
+                crate::config::names::REDIS_IDENTITY_PRINCIPAL
+            ),
+            (true, true) => format!(
+                "{reason}: Redis refused the Entra ID token of {} (no valid token yet, or no \
+                 data access policy assignment for that object id)",
+                crate::config::names::REDIS_IDENTITY_PRINCIPAL
+            ),
         }
     }
 }

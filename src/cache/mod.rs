@@ -52,6 +52,7 @@
 //!   server-assisted invalidation of the generation key.
 
 mod change_feed;
+mod entra;
 mod failover;
 mod guard;
 mod invalidation;
@@ -74,6 +75,7 @@ use crate::api::CacheOutcome;
 use crate::config::{CacheSettings, RedisTarget};
 use crate::error::AppError;
 pub use change_feed::{FeedInvalidation, FeedInvalidationFailed, OWN_WRITES_WINDOW};
+pub use entra::EntraCredentials;
 use guard::GuardedRedis;
 pub use stats::CacheStats;
 
@@ -164,6 +166,8 @@ impl Cache {
     /// A cache for the container `scope` (`<account>/<db>/<container>`, see
     /// [`crate::config::CosmosSettings::scope`]) over one lazily connected, auto-reconnecting
     /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call.
+    /// `entra` (for a `target` with an identity) supplies the connections' tokens and keeps
+    /// re-authenticating them; it needs a Tokio runtime.
     ///
     /// # Errors
     /// [`CacheBuildError`] when the Redis client cannot be built from the settings.
@@ -171,11 +175,18 @@ impl Cache {
         target: &RedisTarget,
         settings: CacheSettings,
         scope: &str,
+        entra: Option<EntraCredentials>,
     ) -> Result<Self, CacheBuildError> {
-        let redis = GuardedRedis::new(target.info.clone(), target.cluster, settings.redis_timeout)
-            .map_err(CacheBuildError)?;
+        let entra_on = entra.is_some();
+        let redis = GuardedRedis::new(
+            target.info.clone(),
+            target.cluster,
+            settings.redis_timeout,
+            entra,
+        )
+        .map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
-        let near = Self::near_cache(target, &settings)?;
+        let near = Self::near_cache(target, &settings, entra_on)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
@@ -232,8 +243,16 @@ impl Cache {
     fn near_cache(
         target: &RedisTarget,
         settings: &CacheSettings,
+        entra: bool,
     ) -> Result<Option<(near::NearCache, redis::Client)>, CacheBuildError> {
         if settings.local_max_bytes == 0 {
+            return Ok(None);
+        }
+        if entra {
+            tracing::warn!(
+                "near cache off: CACHE_LOCAL_MAX_BYTES is set but its tracking connection does \
+                 not authenticate with Microsoft Entra ID tokens yet"
+            );
             return Ok(None);
         }
         if target.cluster {

@@ -59,6 +59,9 @@ impl Cache {
             "circuitOpened": n(&r.opened),
             "circuitSkipped": n(&r.skipped),
             "invalidationPending": self.invalidation_pending(),
+            "redisAuth": if r.uses_entra_id() { "entra-id" } else { "password" },
+            "reauths": n(&r.reauths),
+            "reauthFailures": n(&r.reauth_failures),
             "local": self.inner.near.as_ref().map(|(near, _)| {
                 let l = near.stats();
                 json!({

@@ -1,15 +1,27 @@
-//! The Cosmos DB account: endpoint and key (or the portal's connection string), database and
-//! container, and the scope that names them.
+//! The Cosmos DB account: endpoint and key (or the portal's connection string, or Microsoft
+//! Entra ID through `CosmosDB__accountEndpoint`), database and container, and the scope that
+//! names them.
 
+use super::identity::{CredentialKind, cosmos_identity_from};
 use super::{ConfigError, Secret, names};
+
+/// How the handler authenticates to Cosmos DB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CosmosAuth {
+    /// Account key (base64 text): `COSMOS_CONNECTION_STRING` or `COSMOS_KEY`.
+    Key(Secret),
+    /// Microsoft Entra ID tokens from this credential (`CosmosDB__accountEndpoint`). Needs a
+    /// data-plane role assignment; cannot create databases or containers.
+    Identity(CredentialKind),
+}
 
 /// Where and how to reach the Cosmos DB account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CosmosSettings {
     /// Account endpoint, e.g. `https://<account>.documents.azure.com:443/`.
     pub endpoint: String,
-    /// Account key (base64 text).
-    pub key: Secret,
+    /// The account key, or the Entra ID credential.
+    pub auth: CosmosAuth,
     /// Database name.
     pub database: String,
     /// Container name.
@@ -37,17 +49,56 @@ impl CosmosSettings {
     }
 }
 
-/// Reads only the Cosmos settings (the seeding command needs no Redis).
+/// Reads only the Cosmos settings (the seeding command needs no Redis), with the start-up
+/// notices about them (see [`super::Settings::notices`]).
 ///
 /// # Errors
 /// [`ConfigError`] naming the first missing or malformed variable.
-pub fn cosmos_from_env() -> Result<CosmosSettings, ConfigError> {
-    cosmos_from(&|name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+pub fn cosmos_from_env() -> Result<(CosmosSettings, Vec<String>), ConfigError> {
+    let mut notices = Vec::new();
+    let settings = cosmos_from(
+        &|name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty()),
+        &mut notices,
+    )?;
+    Ok((settings, notices))
 }
 
 pub(super) fn cosmos_from(
     get: &dyn Fn(&str) -> Option<String>,
+    notices: &mut Vec<String>,
 ) -> Result<CosmosSettings, ConfigError> {
+    if let Some((endpoint, credential)) = cosmos_identity_from(get)? {
+        check_endpoint(&endpoint)
+            .map_err(|p| ConfigError::new(names::COSMOS_IDENTITY_ENDPOINT, p))?;
+        let ignored: Vec<&str> = [
+            names::COSMOS_CONNECTION_STRING,
+            names::COSMOS_ENDPOINT,
+            names::COSMOS_KEY,
+        ]
+        .into_iter()
+        .filter(|n| get(n).is_some())
+        .collect();
+        if !ignored.is_empty() {
+            notices.push(format!(
+                "both {} and {} are set: Cosmos DB uses Microsoft Entra ID ({}); {} ignored",
+                names::COSMOS_IDENTITY_ENDPOINT,
+                ignored.join(", "),
+                credential.describe(),
+                if ignored.len() == 1 {
+                    "it is"
+                } else {
+                    "they are"
+                },
+            ));
+        }
+        let (database, container) = database_and_container(get)?;
+        return Ok(CosmosSettings {
+            endpoint,
+            auth: CosmosAuth::Identity(credential),
+            database,
+            container,
+        });
+    }
     let (endpoint, key) = match get(names::COSMOS_CONNECTION_STRING) {
         Some(cs) => parse_cosmos_connection_string(&cs)
             .map_err(|p| ConfigError::new(names::COSMOS_CONNECTION_STRING, p))?,
@@ -55,7 +106,8 @@ pub(super) fn cosmos_from(
             let endpoint = get(names::COSMOS_ENDPOINT).ok_or_else(|| {
                 ConfigError::new(
                     names::COSMOS_ENDPOINT,
-                    "is not set (set COSMOS_CONNECTION_STRING, or COSMOS_ENDPOINT and COSMOS_KEY)",
+                    "is not set (set COSMOS_CONNECTION_STRING, or COSMOS_ENDPOINT and COSMOS_KEY, \
+                     or CosmosDB__accountEndpoint for Microsoft Entra ID)",
                 )
             })?;
             let key = get(names::COSMOS_KEY)
@@ -74,16 +126,23 @@ pub(super) fn cosmos_from(
     };
     check_endpoint(&endpoint).map_err(|p| ConfigError::new(endpoint_setting, p))?;
     check_key(&key).map_err(|p| ConfigError::new(key_setting, p))?;
+    let (database, container) = database_and_container(get)?;
+    Ok(CosmosSettings {
+        endpoint,
+        auth: CosmosAuth::Key(key),
+        database,
+        container,
+    })
+}
+
+fn database_and_container(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, String), ConfigError> {
     let database = get(names::COSMOS_DATABASE)
         .ok_or_else(|| ConfigError::new(names::COSMOS_DATABASE, "is not set"))?;
     let container = get(names::COSMOS_CONTAINER)
         .ok_or_else(|| ConfigError::new(names::COSMOS_CONTAINER, "is not set"))?;
-    Ok(CosmosSettings {
-        endpoint,
-        key,
-        database,
-        container,
-    })
+    Ok((database, container))
 }
 
 /// The endpoint must be an `https://` URL (or `http://` for a local emulator) with a host and
@@ -150,7 +209,7 @@ mod tests {
     fn cosmos_scope_names_the_account() {
         let settings = |endpoint: &str| CosmosSettings {
             endpoint: endpoint.into(),
-            key: Secret::new("k"),
+            auth: CosmosAuth::Key(Secret::new("k")),
             database: "db".into(),
             container: "c".into(),
         };

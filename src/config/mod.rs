@@ -8,17 +8,21 @@
 //! - this file: the setting names, [`Settings`] and their loading (with the `from_lookup` seam
 //!   tests use instead of the process environment);
 //! - `redis.rs`: `REDIS_CONNECTION_STRING`'s two grammars;
-//! - `cosmos.rs`: the Cosmos account settings, its connection string and endpoint/key checks.
+//! - `cosmos.rs`: the Cosmos account settings, its connection string and endpoint/key checks;
+//! - `identity.rs`: the keyless (Microsoft Entra ID) settings of both, in the Functions host's
+//!   identity-based connection form (`CosmosDB__accountEndpoint`, `Redis__redisHostName`, ...).
 //!
 //! Secrets are azure_core's [`Secret`]: its `Debug` is redacted and it has no `Display`.
 
 use std::time::Duration;
 
 mod cosmos;
+mod identity;
 mod redis;
 
 pub use azure_core::credentials::Secret;
-pub use cosmos::{CosmosSettings, cosmos_from_env, parse_cosmos_connection_string};
+pub use cosmos::{CosmosAuth, CosmosSettings, cosmos_from_env, parse_cosmos_connection_string};
+pub use identity::{CredentialKind, RedisIdentity};
 pub use redis::{RedisTarget, parse_redis_connection_string};
 
 use cosmos::cosmos_from;
@@ -61,7 +65,7 @@ pub mod names {
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
     /// Every setting above except the two ports the host sets itself.
-    pub const USER_SETTINGS: [&str; 16] = [
+    pub const USER_SETTINGS: [&str; 24] = [
         REDIS,
         REDIS_CLUSTER,
         COSMOS_CONNECTION_STRING,
@@ -78,9 +82,50 @@ pub mod names {
         COSMOS_THROTTLE_BUDGET_MS,
         LOG_FORMAT,
         RUST_LOG,
+        COSMOS_IDENTITY_ENDPOINT,
+        COSMOS_IDENTITY_CLIENT_ID,
+        COSMOS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_HOST,
+        REDIS_IDENTITY_PRINCIPAL,
+        REDIS_IDENTITY_CLIENT_ID,
+        REDIS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_SSL,
     ];
     /// The log filter, read by `tracing-subscriber` (default `info`).
     pub const RUST_LOG: &str = "RUST_LOG";
+
+    /// Keyless Cosmos DB: the account endpoint, with no key (Microsoft Entra ID).
+    pub const COSMOS_IDENTITY_ENDPOINT: &str = "CosmosDB__accountEndpoint";
+    /// Keyless Cosmos DB: client id of a user-assigned managed identity (optional).
+    pub const COSMOS_IDENTITY_CLIENT_ID: &str = "CosmosDB__clientId";
+    /// Keyless Cosmos DB: `managedidentity` or `azurecli` (optional; see `config::identity`).
+    pub const COSMOS_IDENTITY_CREDENTIAL: &str = "CosmosDB__credential";
+    /// Keyless Redis: `<name>.<region>.redis.azure.net`, `<name>.redis.cache.windows.net`, or
+    /// `host:port`.
+    pub const REDIS_IDENTITY_HOST: &str = "Redis__redisHostName";
+    /// Keyless Redis: the identity's object (principal) id, Redis's ACL user name.
+    pub const REDIS_IDENTITY_PRINCIPAL: &str = "Redis__principalId";
+    /// Keyless Redis: client id of a user-assigned managed identity (optional).
+    pub const REDIS_IDENTITY_CLIENT_ID: &str = "Redis__clientId";
+    /// Keyless Redis: `managedidentity` or `azurecli` (optional).
+    pub const REDIS_IDENTITY_CREDENTIAL: &str = "Redis__credential";
+    /// Keyless Redis: `false` turns TLS off (local runs); default `true`.
+    pub const REDIS_IDENTITY_SSL: &str = "Redis__ssl";
+    /// Set by Azure Functions / App Service (never by users): the managed-identity endpoint.
+    /// Its presence makes managed identity the default credential.
+    pub const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
+
+    /// The keyless settings above that users set.
+    pub const IDENTITY_SETTINGS: [&str; 8] = [
+        COSMOS_IDENTITY_ENDPOINT,
+        COSMOS_IDENTITY_CLIENT_ID,
+        COSMOS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_HOST,
+        REDIS_IDENTITY_PRINCIPAL,
+        REDIS_IDENTITY_CLIENT_ID,
+        REDIS_IDENTITY_CREDENTIAL,
+        REDIS_IDENTITY_SSL,
+    ];
 }
 
 /// A start-up error naming the setting at fault. Its text never contains the value.
@@ -135,6 +180,9 @@ pub struct Settings {
     pub cosmos_throttle_budget: Duration,
     /// JSON log lines instead of human-readable text.
     pub json_logs: bool,
+    /// What start-up should log about the settings (which of two configured forms is used):
+    /// setting names only, never values.
+    pub notices: Vec<String>,
 }
 
 impl Settings {
@@ -166,10 +214,43 @@ impl Settings {
             // `func start` always sets it; a bare `cargo run` gets a fixed dev port.
             None => 3000,
         };
-        let redis_raw =
-            get(names::REDIS).ok_or_else(|| ConfigError::new(names::REDIS, "is not set"))?;
-        let mut redis = parse_redis_connection_string(&redis_raw)
-            .map_err(|problem| ConfigError::new(names::REDIS, problem))?;
+        let mut notices = Vec::new();
+        let mut redis = match identity::redis_identity_from(&get)? {
+            Some((info, display_addr, tls, identity)) => {
+                if get(names::REDIS).is_some() {
+                    notices.push(format!(
+                        "both {} and {} are set: Redis uses Microsoft Entra ID ({}, {}); {} is \
+                         ignored",
+                        names::REDIS_IDENTITY_HOST,
+                        names::REDIS,
+                        identity.credential.describe(),
+                        names::REDIS_IDENTITY_PRINCIPAL,
+                        names::REDIS
+                    ));
+                }
+                RedisTarget {
+                    info,
+                    display_addr,
+                    tls,
+                    cluster: false,
+                    identity: Some(identity),
+                }
+            }
+            None => {
+                let raw = get(names::REDIS).ok_or_else(|| {
+                    ConfigError::new(
+                        names::REDIS,
+                        format!(
+                            "is not set (set it, or {} and {} for Microsoft Entra ID)",
+                            names::REDIS_IDENTITY_HOST,
+                            names::REDIS_IDENTITY_PRINCIPAL
+                        ),
+                    )
+                })?;
+                parse_redis_connection_string(&raw)
+                    .map_err(|problem| ConfigError::new(names::REDIS, problem))?
+            }
+        };
         redis.cluster = match get(names::REDIS_CLUSTER).as_deref().map(str::trim) {
             None => false,
             Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -181,14 +262,14 @@ impl Settings {
                 ));
             }
         };
-        if redis.cluster && redis.info.redis_settings().db() != 0 {
+        if redis.cluster && redis.identity.is_none() && redis.info.redis_settings().db() != 0 {
             return Err(ConfigError::new(
                 names::REDIS,
                 "selects a database other than 0, which a clustered Redis (REDIS_CLUSTER=true) \
                  does not have: remove defaultDatabase= (or the /N of the URL)",
             ));
         }
-        let cosmos = cosmos_from(&get)?;
+        let cosmos = cosmos_from(&get, &mut notices)?;
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
                 match get(name) {
@@ -236,6 +317,7 @@ impl Settings {
             cache,
             cosmos_throttle_budget,
             json_logs,
+            notices,
         })
     }
 }

@@ -48,6 +48,10 @@ pub struct RedisTarget {
     pub tls: bool,
     /// Whether to use the cluster client (`REDIS_CLUSTER=true`).
     pub cluster: bool,
+    /// Microsoft Entra ID authentication (`Redis__redisHostName` + `Redis__principalId`): the
+    /// user is in `info`, the password is a token supplied per connection. `None` = the
+    /// password (if any) of `REDIS_CONNECTION_STRING` is in `info`.
+    pub identity: Option<super::RedisIdentity>,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -56,6 +60,7 @@ impl fmt::Debug for RedisTarget {
             .field("addr", &self.display_addr)
             .field("tls", &self.tls)
             .field("cluster", &self.cluster)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +89,7 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
             display_addr,
             tls,
             cluster: false,
+            identity: None,
         });
     }
     let mut parts = s.split(',').map(str::trim);
@@ -205,6 +211,7 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
         display_addr: format!("{host}:{port}"),
         tls,
         cluster: false,
+        identity: None,
     })
 }
 

@@ -89,7 +89,8 @@ async fn ready() -> &'static str {
 
 /// Read-only counters of this instance (not routed by the host: only reachable on loopback).
 async fn diagnostics(State(state): State<AppState>) -> Response {
-    let body = json!({ "cache": state.cache.stats_json() });
+    let identity: Vec<_> = state.identity.iter().map(|s| s.stats_json()).collect();
+    let body = json!({ "cache": state.cache.stats_json(), "identity": identity });
     json_response(StatusCode::OK, Bytes::from(body.to_string()))
 }
 

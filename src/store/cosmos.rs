@@ -3,8 +3,12 @@
 //! The client and the container are created lazily and retried on the next request when they
 //! fail, so the handler answers the host's readiness probe before Cosmos is reachable and a
 //! container created after start-up is picked up without a restart.
+//!
+//! Authentication is the account key, or Microsoft Entra ID tokens from a
+//! [`TokenSource`] (which the SDK asks on every request; it answers from its cache).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +24,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use crate::config::CosmosSettings;
+use crate::config::{CosmosAuth, CosmosSettings, names};
+use crate::identity::TokenSource;
 
 use super::failure::{
     container_missing, map_error, query_error, sub_status, substatus, write_error,
@@ -40,6 +45,8 @@ const OPEN_BUDGET: Duration = Duration::from_secs(20);
 pub struct CosmosStore {
     settings: CosmosSettings,
     throttle_budget: Duration,
+    /// Entra ID tokens, when `settings.auth` is [`CosmosAuth::Identity`].
+    token_source: Option<TokenSource>,
     client: OnceCell<CosmosClient>,
     container: OnceCell<Container>,
 }
@@ -49,11 +56,56 @@ impl CosmosStore {
     /// `throttle_budget` bounds the SDK's waiting on 429 retries (it honours
     /// `x-ms-retry-after-ms`).
     pub fn new(settings: CosmosSettings, throttle_budget: Duration) -> Self {
+        Self::with_token_source(settings, throttle_budget, None)
+    }
+
+    /// As [`CosmosStore::new`], authenticating with `token_source`'s Entra ID tokens when the
+    /// settings select Entra ID (without a source such settings answer 503 on every call).
+    pub fn with_token_source(
+        settings: CosmosSettings,
+        throttle_budget: Duration,
+        token_source: Option<TokenSource>,
+    ) -> Self {
         Self {
             settings,
             throttle_budget,
+            token_source,
             client: OnceCell::new(),
             container: OnceCell::new(),
+        }
+    }
+
+    /// Whether the store authenticates with Entra ID tokens rather than the account key.
+    pub fn uses_entra_id(&self) -> bool {
+        matches!(self.settings.auth, CosmosAuth::Identity(_))
+    }
+
+    /// Names the setting to check in a refused-credentials error (the SDK's 401/403): the key
+    /// settings, or the identity's role assignment.
+    fn name_the_setting(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::CredentialsRefused { status, .. } => StoreError::CredentialsRefused {
+                status,
+                message: match &self.settings.auth {
+                    CosmosAuth::Key(_) => format!(
+                        "Cosmos DB refused the account key (HTTP {status}): check {} (or {} \
+                         and {}); an account with local (key) authentication disabled accepts \
+                         only Microsoft Entra ID: set {} instead",
+                        names::COSMOS_CONNECTION_STRING,
+                        names::COSMOS_ENDPOINT,
+                        names::COSMOS_KEY,
+                        names::COSMOS_IDENTITY_ENDPOINT
+                    ),
+                    CosmosAuth::Identity(kind) => format!(
+                        "Cosmos DB refused the Microsoft Entra ID token of the {} (HTTP \
+                         {status}): the identity of {} needs a Cosmos DB data-plane role \
+                         assignment (Cosmos DB Built-in Data Contributor) on the account",
+                        kind.describe(),
+                        names::COSMOS_IDENTITY_ENDPOINT
+                    ),
+                },
+            },
+            other => other,
         }
     }
 
@@ -69,8 +121,21 @@ impl CosmosStore {
                         "the Cosmos DB endpoint setting is not a valid URL".into(),
                     )
                 })?;
-                let account =
-                    AccountReference::with_authentication_key(endpoint, self.settings.key.clone());
+                let account = match (&self.settings.auth, &self.token_source) {
+                    (CosmosAuth::Key(key), _) => {
+                        AccountReference::with_authentication_key(endpoint, key.clone())
+                    }
+                    (CosmosAuth::Identity(_), Some(source)) => {
+                        AccountReference::with_credential(endpoint, Arc::new(source.clone()))
+                    }
+                    (CosmosAuth::Identity(_), None) => {
+                        return Err(StoreError::Unavailable(
+                            "Cosmos DB is configured for Microsoft Entra ID but no token \
+                             source was started"
+                                .into(),
+                        ));
+                    }
+                };
                 let throttling = ThrottlingRetryOptionsBuilder::new()
                     .with_max_retry_wait_time(self.throttle_budget)
                     .build();
@@ -146,10 +211,42 @@ impl CosmosStore {
 #[async_trait]
 impl Store for CosmosStore {
     async fn partition_key_path(&self) -> Result<String, StoreError> {
-        Ok(self.container().await?.pk_path.clone())
+        self.container()
+            .await
+            .map(|c| c.pk_path.clone())
+            .map_err(|e| self.name_the_setting(e))
     }
 
     async fn query(&self, spec: &QuerySpec) -> Result<QueryPage, StoreError> {
+        self.query_page(spec)
+            .await
+            .map_err(|e| self.name_the_setting(e))
+    }
+
+    async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, StoreError> {
+        Ok(self.upsert_versioned(pk, id, doc).await?.request_charge)
+    }
+
+    async fn upsert_versioned(
+        &self,
+        pk: &PkValue,
+        id: &str,
+        doc: &Value,
+    ) -> Result<Written, StoreError> {
+        self.upsert_item(pk, id, doc)
+            .await
+            .map_err(|e| self.name_the_setting(e))
+    }
+
+    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {
+        self.delete_item(pk, id)
+            .await
+            .map_err(|e| self.name_the_setting(e))
+    }
+}
+
+impl CosmosStore {
+    async fn query_page(&self, spec: &QuerySpec) -> Result<QueryPage, StoreError> {
         let container = &self.container().await?.client;
         let mut query = Query::from(spec.text.as_str());
         for (name, value) in &spec.parameters {
@@ -212,11 +309,7 @@ impl Store for CosmosStore {
         )))
     }
 
-    async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, StoreError> {
-        Ok(self.upsert_versioned(pk, id, doc).await?.request_charge)
-    }
-
-    async fn upsert_versioned(
+    async fn upsert_item(
         &self,
         pk: &PkValue,
         id: &str,
@@ -254,7 +347,7 @@ impl Store for CosmosStore {
         })
     }
 
-    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {
+    async fn delete_item(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {
         let container = &self.container().await?.client;
         let response = container
             .delete_item(pk.to_cosmos()?, id, None)
@@ -281,10 +374,35 @@ impl CosmosStore {
     /// Creates the database and the container (partition key `pk_path`) when missing. For the
     /// seeding command and tests; the handler itself never creates resources.
     ///
+    /// With Entra ID, nothing can be created: Cosmos DB's data-plane roles do not cover
+    /// databases and containers (those are control-plane operations, for Azure Resource
+    /// Manager: portal, `az`, Bicep). The container must exist already; this checks that it
+    /// does and says how to create it when it does not.
+    ///
     /// # Errors
-    /// `Unavailable` when Cosmos cannot be reached or refuses.
+    /// `Unavailable` when Cosmos cannot be reached or refuses, or (Entra ID) the container is
+    /// missing.
     pub async fn ensure_container(&self, pk_path: &str) -> Result<(), StoreError> {
         use azure_data_cosmos::models::ContainerProperties;
+        if self.uses_entra_id() {
+            return match self.container().await {
+                Ok(_) => Ok(()),
+                Err(StoreError::Unavailable(m)) if m.contains("does not exist") => {
+                    Err(StoreError::Unavailable(format!(
+                        "{m}, and Microsoft Entra ID tokens cannot create databases or \
+                         containers ({} uses the data plane only). Create them with the \
+                         control plane first, e.g. `az cosmosdb sql database create -a <account> \
+                         -g <group> -n {db}` and `az cosmosdb sql container create -a <account> \
+                         -g <group> -d {db} -n {container} -p {pk_path}`, or seed once with a key \
+                         (COSMOS_CONNECTION_STRING) where the account allows keys",
+                        names::COSMOS_IDENTITY_ENDPOINT,
+                        db = self.settings.database,
+                        container = self.settings.container,
+                    )))
+                }
+                Err(e) => Err(self.name_the_setting(e)),
+            };
+        }
         let client = self.client().await?;
         if let Err(e) = client
             .create_database(self.settings.database.as_str(), None)

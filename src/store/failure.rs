@@ -24,6 +24,8 @@ pub(super) mod substatus {
         [20116, 20117, 20203, 20204, 20205, 20213, 20214, 20216];
     /// 400, client-side: a partition-key value the SDK refuses.
     pub const PARTITION_KEY: [u16; 5] = [20100, 20101, 20102, 20103, 20127];
+    /// 401, client-side: the token credential returned no token (Entra ID).
+    pub const TOKEN_ACQUISITION_FAILED: u16 = 20402;
 }
 
 pub(super) fn sub_status(e: &CosmosError) -> Option<u16> {
@@ -99,11 +101,22 @@ impl Failure {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             };
         }
+        if !from_wire && sub_status == Some(substatus::TOKEN_ACQUISITION_FAILED) {
+            return StoreError::Unavailable(
+                "no Microsoft Entra ID token for Cosmos DB: the identity endpoint (or the Azure \
+                 CLI) has not issued one; the handler keeps retrying"
+                    .into(),
+            );
+        }
         if status == 401 || status == 403 {
-            return StoreError::Unavailable(format!(
-                "Cosmos DB refused the handler's credentials (HTTP {status}): check the account \
-                 key or the identity's data-plane role"
-            ));
+            // `CosmosStore` replaces the message with one naming the configured settings.
+            return StoreError::CredentialsRefused {
+                status,
+                message: format!(
+                    "Cosmos DB refused the handler's credentials (HTTP {status}): check the \
+                     account key or the identity's data-plane role"
+                ),
+            };
         }
         if !from_wire && sub_status == Some(substatus::BODY_UNDECODABLE) {
             return StoreError::BadGateway(

@@ -50,10 +50,19 @@ pub enum StoreError {
         /// Seconds to wait, rounded up, at least 1.
         retry_after_secs: u64,
     },
-    /// Retrying later can help: Cosmos unreachable, refusing the credentials, or the
+    /// Retrying later can help: Cosmos unreachable, no Entra ID token yet, or the
     /// database/container missing (named).
     #[error("{0}")]
     Unavailable(String),
+    /// Cosmos refused the handler's credentials (HTTP `status` 401 or 403, from the service):
+    /// `message` names the settings to check (the key, or the identity's role assignment).
+    #[error("{message}")]
+    CredentialsRefused {
+        /// The status Cosmos answered.
+        status: u16,
+        /// What to check, naming the settings (never their values).
+        message: String,
+    },
     /// Cosmos answered something the handler cannot use (a 5xx, an undecodable document).
     #[error("{0}")]
     BadGateway(String),

@@ -34,6 +34,7 @@ mod failover;
 mod hardening;
 mod herds;
 mod isolation;
+mod keyless;
 mod near_cache;
 mod paging;
 mod publish;

@@ -10,6 +10,13 @@
 //   node launcher.js --port 0 --exit-with-parent   (tests: exit when stdin closes)
 //   stdout, once ready: "cosmos-local listening on http://127.0.0.1:<port>"
 //   env COSMOS_LOG=1 logs every request to stderr.
+//   --aad-verify-url URL (or env COSMOS_AAD_VERIFY_URL): accept Microsoft Entra ID auth
+//     (`authorization: type=aad&ver=1.0&sig=<token>`) when GET URL?token=..&resource=..
+//     answers 200 (the test's managed-identity endpoint), and refuse control-plane
+//     operations (creating/deleting databases and containers) with such tokens, as Cosmos DB
+//     does. Without it, any authorization is accepted, as before.
+//   --disable-local-auth: refuse master-key auth (the account's `disableLocalAuth`); also
+//     switchable at run time with POST /_test/auth {"disableLocalAuth": true|false}.
 "use strict";
 
 const fs = require("fs");
@@ -33,6 +40,21 @@ const { default: getPartitionFromHeader } = lib("utils/get-partition-from-header
 
 const HOST = "127.0.0.1";
 let boundPort = 0;
+const http = require("http");
+
+function argValue(name) {
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i += 1) {
+    if (argv[i] === name) return argv[i + 1];
+    if (argv[i].startsWith(`${name}=`)) return argv[i].slice(name.length + 1);
+  }
+  return undefined;
+}
+// Entra ID (AAD) token checking; see the header comment.
+const aadVerifyUrl = argValue("--aad-verify-url") || process.env.COSMOS_AAD_VERIFY_URL;
+let disableLocalAuth = process.argv.includes("--disable-local-auth");
+const authCounters = { aadAccepted: 0, aadRefused: 0, masterAccepted: 0, masterRefused: 0, controlPlaneRefused: 0 };
+const verifyAgent = new http.Agent({ keepAlive: true });
 
 const notFound = res => {
   res.statusCode = 404;
@@ -435,6 +457,18 @@ async function testControl(req, res, p) {
     faults.push({ kind, count, status: f.status, retryAfterMs: f.retryAfterMs, delayMs: f.delayMs, db: f.db });
     return send(res, 200, { faults });
   }
+  if (route === "GET /_test/auth") return send(res, 200, { disableLocalAuth, aad: Boolean(aadVerifyUrl), ...authCounters });
+  if (route === "POST /_test/auth") {
+    let body;
+    try {
+      body = JSON.parse((await readBody(req)) || "{}");
+    } catch (e) {
+      return send(res, 400, { code: "BadRequest", message: `invalid JSON: ${e.message}` });
+    }
+    if (typeof body.disableLocalAuth !== "boolean") return send(res, 400, { code: "BadRequest", message: "need disableLocalAuth: true|false" });
+    disableLocalAuth = body.disableLocalAuth;
+    return send(res, 200, { disableLocalAuth });
+  }
   if (route === "POST /_test/reset") {
     // Drop every database (and with them containers and items), faults and counters.
     account.databases._data.clear();
@@ -466,6 +500,62 @@ async function applyFault(req, res, kind, db) {
   send(res, f.status, { code: CODES[f.status] || "InjectedFault", message: `fault injected by cosmos-local /_test/faults (kind ${f.kind})` }, headers);
   return true;
 }
+
+// ---------------------------------------------------------------------------
+// AUTH CHECK (only with --aad-verify-url or --disable-local-auth). The SDK sends
+// `authorization: <url-encoded type=aad&ver=1.0&sig=<token>>` with Entra ID and
+// `type=master&ver=1.0&sig=<hmac>` with a key (the HMAC is not checked here).
+const verifyToken = token =>
+  new Promise(resolve => {
+    const url = `${aadVerifyUrl}?resource=${encodeURIComponent("https://cosmos.azure.com")}&token=${encodeURIComponent(token)}`;
+    const r = http.get(url, { agent: verifyAgent }, vres => {
+      vres.resume();
+      resolve(vres.statusCode === 200);
+    });
+    r.on("error", () => resolve(false));
+    r.setTimeout(5000, () => r.destroy());
+  });
+// Databases, containers, offers: control plane, which Entra ID data-plane roles do not cover.
+const controlPlane = (req, p) =>
+  (req.method === "POST" && /^\/dbs(\/[^/]+\/colls)?$/.test(p)) ||
+  (["PUT", "DELETE"].includes(req.method) && /^\/dbs\/[^/]+(\/colls\/[^/]+)?$/.test(p)) ||
+  p.startsWith("/offers");
+// Resolves to true when the request was refused (and answered).
+async function refuseUnauthorized(req, res, p) {
+  if (!aadVerifyUrl && !disableLocalAuth) return false;
+  let auth = "";
+  try {
+    auth = decodeURIComponent(req.headers.authorization || "");
+  } catch (e) {
+    auth = "";
+  }
+  const fields = new URLSearchParams(auth);
+  const refuse = (status, sub, message) => {
+    req.resume();
+    send(res, status, { code: CODES[status] || "Unauthorized", message }, { "x-ms-substatus": String(sub), "x-ms-activity-id": randomUUID() });
+    return true;
+  };
+  if (fields.get("type") === "aad") {
+    if (!aadVerifyUrl) return refuse(401, 0, "Entra ID (AAD) tokens are not accepted by this server (no --aad-verify-url).");
+    if (!(await verifyToken(fields.get("sig") || ""))) {
+      authCounters.aadRefused += 1;
+      return refuse(401, 0, "The input authorization token can't serve the request. The token is expired or invalid.");
+    }
+    if (controlPlane(req, p)) {
+      authCounters.controlPlaneRefused += 1;
+      return refuse(403, 5300, `Operation '${req.method}' on resource '${p}' is not allowed through Azure Cosmos DB endpoint with Microsoft Entra ID tokens. Perform this operation through Azure Resource Manager, Azure Portal, Azure CLI or Azure PowerShell.`);
+    }
+    authCounters.aadAccepted += 1;
+    return false;
+  }
+  if (disableLocalAuth) {
+    authCounters.masterRefused += 1;
+    return refuse(403, 5302, "Local Authorization is disabled. Use an AAD token to authorize all requests.");
+  }
+  authCounters.masterAccepted += 1;
+  return false;
+}
+CODES[401] = "Unauthorized";
 
 // ---------------------------------------------------------------------------
 // FIX 6 (keep-alive). Real Cosmos keeps connections open; the stock server
@@ -505,7 +595,9 @@ server.on("request", (req, res) => {
     st.requests += 1;
     if (STAT_OF[kind]) st[STAT_OF[kind]] += 1;
   }
-  applyFault(req, res, kind, db).then(answered => answered || stockListener(req, res));
+  refuseUnauthorized(req, res, p)
+    .then(refused => refused || applyFault(req, res, kind, db).then(answered => answered || stockListener(req, res)))
+    .catch(err => send(res, 500, { code: "InternalServerError", message: err.message }));
 });
 
 // ---------------------------------------------------------------------------

@@ -266,7 +266,61 @@ async function main() {
   const { code } = await exit;
   console.log(`SIGTERM -> launcher exit code ${code}`);
   assert.strictEqual(code, 0);
+  await authChecks();
   console.log("selftest: all checks passed");
+}
+
+// --aad-verify-url / --disable-local-auth: a second launcher whose Entra ID tokens are checked
+// against a verification server that knows one valid token.
+async function authChecks() {
+  const verifier = http.createServer((req, res) => {
+    const u = new URL(req.url, "http://x");
+    const ok = u.searchParams.get("token") === "good-token" && u.searchParams.get("resource") === "https://cosmos.azure.com";
+    res.writeHead(ok ? 200 : 401).end();
+  });
+  await new Promise(r => verifier.listen(0, "127.0.0.1", r));
+  const verifyUrl = `http://127.0.0.1:${verifier.address().port}/verify`;
+  const child = spawn(process.execPath, [path.join(__dirname, "launcher.js"), "--port", "0", "--aad-verify-url", verifyUrl], { stdio: ["ignore", "pipe", "inherit"] });
+  base = await new Promise((resolve, reject) => {
+    child.stdout.on("data", d => {
+      const m = /^cosmos-local listening on (http:\/\/127\.0\.0\.1:\d+)$/m.exec(String(d));
+      if (m) resolve(m[1]);
+    });
+    child.on("exit", code => reject(new Error(`launcher exited ${code}`)));
+  });
+  const aad = token => ({ authorization: encodeURIComponent(`type=aad&ver=1.0&sig=${token}`) });
+  // Keys still work until local auth is disabled: they create the database and container.
+  let r = await call("POST", "/dbs", { body: { id: "authdb" } });
+  assert.strictEqual(r.status, 201);
+  r = await call("POST", "/dbs/authdb/colls", { body: { id: "c", partitionKey: { paths: ["/state"], kind: "Hash", version: 2 } } });
+  assert.strictEqual(r.status, 201);
+  r = await call("POST", "/dbs/authdb/colls/c/docs", { headers: { ...pk("Texas"), ...aad("good-token") }, body: { id: "austin", state: "Texas" } });
+  show("AAD upsert with a valid token", r);
+  assert.strictEqual(r.status, 201);
+  r = await call("GET", "/dbs/authdb/colls/c/docs/austin", { headers: { ...pk("Texas"), ...aad("stale-token") } });
+  show("AAD read with an unknown token", r);
+  assert.strictEqual(r.status, 401);
+  r = await call("POST", "/dbs", { headers: aad("good-token"), body: { id: "other" } });
+  show("AAD create database", r);
+  assert.strictEqual(r.status, 403);
+  assert.strictEqual(r.headers["x-ms-substatus"], "5300");
+  r = await call("POST", "/_test/auth", { body: { disableLocalAuth: true } });
+  assert.deepStrictEqual(r.body, { disableLocalAuth: true });
+  r = await call("GET", "/dbs/authdb/colls/c/docs/austin", { headers: pk("Texas") });
+  show("master key with local auth disabled", r);
+  assert.strictEqual(r.status, 403);
+  assert.match(r.body.message, /Local Authorization is disabled/);
+  r = await call("GET", "/dbs/authdb/colls/c/docs/austin", { headers: { ...pk("Texas"), ...aad("good-token") } });
+  assert.strictEqual(r.status, 200);
+  assert.strictEqual(r.body.id, "austin");
+  r = await call("GET", "/_test/auth");
+  assert.deepStrictEqual(r.body, { disableLocalAuth: true, aad: true, aadAccepted: 2, aadRefused: 1, masterAccepted: 2, masterRefused: 1, controlPlaneRefused: 1 });
+  const exit = new Promise(resolve => child.on("exit", code => resolve(code)));
+  agent.destroy();
+  child.kill("SIGTERM");
+  assert.strictEqual(await exit, 0);
+  verifier.close();
+  console.log("auth checks (Entra ID tokens, disableLocalAuth) passed");
 }
 
 main().catch(err => {

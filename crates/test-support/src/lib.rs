@@ -11,10 +11,16 @@
 //! - [`stack`]: one test's whole stack (Redis, a database, the handler behind
 //!   [`host_emulator`]) in either wire mode.
 //! - [`scratch`]: temporary folders removed on drop.
+//! - [`identity`]: a local managed-identity endpoint (the App Service protocol Functions on
+//!   Linux provides); [`entra_redis`]: a `redis-server` whose only user is the identity, its
+//!   password the current token; [`keyless`]: the stack wired for Microsoft Entra ID.
 
 pub mod chaos_proxy;
 pub mod cosmos_server;
+pub mod entra_redis;
 pub mod failover;
+pub mod identity;
+pub mod keyless;
 pub mod redis_server;
 pub mod scratch;
 pub mod stack;
