@@ -15,10 +15,8 @@ use super::entra::{EntraCredentials, reauth_loop};
 use crate::identity::Token;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+pub use super::connection::RedisConn;
+use super::connection::{Connector, connect};
 
 /// Consecutive failures that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
@@ -55,52 +53,6 @@ pub enum CircuitState {
     Open,
     /// The cool-down ended; the next failure reopens at once.
     HalfOpen,
-}
-
-/// One shared, auto-reconnecting connection: to a single Redis endpoint, or to a Redis Cluster
-/// (OSS cluster protocol: Azure Managed Redis with the OSS clustering policy, Premium clustered
-/// caches). Both speak every command the cache sends; keys of one container share a hash tag,
-/// so its scripts touch a single slot.
-#[derive(Clone)]
-pub enum RedisConn {
-    /// `redis::aio::ConnectionManager`.
-    Single(ConnectionManager),
-    /// `redis::cluster_async::ClusterConnection`.
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for RedisConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// How to (re)create the connection.
-enum Connector {
-    Single(Box<redis::Client>, Option<EntraCredentials>),
-    Cluster(Box<ClusterClient>),
 }
 
 /// A Redis connection behind a timeout and a circuit breaker.
@@ -167,7 +119,7 @@ impl GuardedRedis {
                 })?),
                 None => None,
             };
-        let conn = Self::connect(&connector, timeout)?;
+        let conn = connect(&connector, timeout)?;
         let guard = Arc::new(Self {
             connector,
             timeout,
@@ -224,35 +176,6 @@ impl GuardedRedis {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(redis_reason(&e)),
             Err(_) => Err("timeout".into()),
-        }
-    }
-
-    /// A new lazily connecting connection: nothing is contacted until the first command.
-    fn connect(connector: &Connector, timeout: Duration) -> Result<RedisConn, String> {
-        match connector {
-            Connector::Single(client, entra) => {
-                let mut config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                if let Some(credentials) = entra {
-                    config = config.set_credentials_provider(credentials.clone());
-                }
-                ConnectionManager::new_lazy_with_config(redis::Client::clone(client), config)
-                    .map(RedisConn::Single)
-                    .map_err(|e| {
-                        format!("cannot create the Redis connection manager: {:?}", e.kind())
-                    })
-            }
-            Connector::Cluster(client) => {
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
-                Ok(RedisConn::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
-            }
         }
     }
 
@@ -329,7 +252,7 @@ impl GuardedRedis {
                 "Redis failing: circuit open, rebuilding the connection"
             );
             // A fresh manager: the old one may be stuck on a connection that will never work.
-            if let Ok(fresh) = Self::connect(&self.connector, self.timeout) {
+            if let Ok(fresh) = connect(&self.connector, self.timeout) {
                 *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh;
             }
         }

@@ -20,7 +20,7 @@ impl Cache {
 
     /// As [`Cache::invalidate`], recording `versions` (the `_etag`s Cosmos returned for the
     /// writes) in the same atomic step, so the change-feed function recognises these changes
-    /// as already invalidated ([`super::change_feed`]). The retries after a failure bump without
+    /// as already invalidated (`change_feed.rs`). The retries after a failure bump without
     /// recording: the feed then bumps once more, which costs a miss, never a stale read.
     pub async fn invalidate_writes(&self, versions: &[String]) -> Invalidation {
         self.drop_near();

@@ -52,6 +52,7 @@
 //!   server-assisted invalidation of the generation key.
 
 mod change_feed;
+mod connection;
 mod entra;
 mod failover;
 mod guard;

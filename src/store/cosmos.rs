@@ -7,34 +7,25 @@
 //! Authentication is the account key, or Microsoft Entra ID tokens from a
 //! [`TokenSource`] (which the SDK asks on every request; it answers from its cache).
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_data_cosmos::clients::ContainerClient;
-use azure_data_cosmos::feed::ContinuationToken;
-use azure_data_cosmos::options::{
-    MaxItemCountHint, OperationOptionsBuilder, QueryOptions, ThrottlingRetryOptionsBuilder,
-};
-use azure_data_cosmos::{
-    AccountEndpoint, AccountReference, CosmosClient, FeedScope, Query, RoutingStrategy,
-};
-use futures::StreamExt;
+use azure_data_cosmos::options::{OperationOptionsBuilder, ThrottlingRetryOptionsBuilder};
+use azure_data_cosmos::{AccountEndpoint, AccountReference, CosmosClient, RoutingStrategy};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::config::{CosmosAuth, CosmosSettings, names};
 use crate::identity::TokenSource;
 
-use super::failure::{
-    container_missing, map_error, query_error, sub_status, substatus, write_error,
-};
-use super::paging::next_page_token;
+use super::failure::{container_missing, map_error, write_error};
 use super::{PkValue, QueryPage, QuerySpec, Store, StoreError, Written, normalize_etag};
 
-struct Container {
-    client: ContainerClient,
+/// The opened container: its client and its partition-key path.
+pub(super) struct Container {
+    pub(super) client: ContainerClient,
     pk_path: String,
 }
 
@@ -43,7 +34,7 @@ const OPEN_BUDGET: Duration = Duration::from_secs(20);
 
 /// [`Store`] over one Cosmos DB container with `azure_data_cosmos`.
 pub struct CosmosStore {
-    settings: CosmosSettings,
+    pub(super) settings: CosmosSettings,
     throttle_budget: Duration,
     /// Entra ID tokens, when `settings.auth` is [`CosmosAuth::Identity`].
     token_source: Option<TokenSource>,
@@ -82,7 +73,7 @@ impl CosmosStore {
 
     /// Names the setting to check in a refused-credentials error (the SDK's 401/403): the key
     /// settings, or the identity's role assignment.
-    fn name_the_setting(&self, e: StoreError) -> StoreError {
+    pub(super) fn name_the_setting(&self, e: StoreError) -> StoreError {
         match e {
             StoreError::CredentialsRefused { status, .. } => StoreError::CredentialsRefused {
                 status,
@@ -155,7 +146,7 @@ impl CosmosStore {
     /// against a black-holed endpoint one attempt of the SDK takes about a minute, and waiters
     /// queue behind each other on the cell, so without a bound the k-th request of a fresh
     /// instance answered after k minutes (past the Functions front end's 230 s).
-    async fn container(&self) -> Result<&Container, StoreError> {
+    pub(super) async fn container(&self) -> Result<&Container, StoreError> {
         match tokio::time::timeout(OPEN_BUDGET, self.open_container()).await {
             Ok(opened) => opened,
             Err(_) => {
@@ -246,69 +237,6 @@ impl Store for CosmosStore {
 }
 
 impl CosmosStore {
-    async fn query_page(&self, spec: &QuerySpec) -> Result<QueryPage, StoreError> {
-        let container = &self.container().await?.client;
-        let mut query = Query::from(spec.text.as_str());
-        for (name, value) in &spec.parameters {
-            query = query
-                .with_parameter(name.as_str(), value)
-                .map_err(|_| StoreError::input("parameters", "a value cannot be encoded"))?;
-        }
-        let scope = match &spec.partition_key {
-            Some(pk) => FeedScope::partition(pk.to_cosmos()?),
-            None => FeedScope::full_container(),
-        };
-        let page_size = NonZeroU32::new(spec.max_item_count)
-            .ok_or_else(|| StoreError::input("maxItemCount", "must be at least 1"))?;
-        let mut options =
-            QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(page_size));
-        if let Some(token) = &spec.continuation {
-            options =
-                options.with_continuation_token(ContinuationToken::from_string(token.clone()));
-        }
-        let mut pages = container
-            .query_items::<Value>(query, scope, Some(options))
-            .await
-            .map_err(|e| query_error(&self.settings, &e, spec))?
-            .into_pages();
-        let mut items = Vec::new();
-        let mut request_charge = 0.0;
-        // One SDK page per request, except for the SDK's client-buffered stages (cross-partition
-        // DISTINCT, non-streaming ORDER BY): they cannot mint a token mid-way (20124), but their
-        // remaining pages are already in memory, so a few more are drained into this answer.
-        for _ in 0..=BUFFERED_PAGES_PER_ANSWER {
-            let Some(page) = pages.next().await else {
-                return Ok(QueryPage {
-                    items,
-                    continuation: None,
-                    request_charge,
-                });
-            };
-            let page = page.map_err(|e| query_error(&self.settings, &e, spec))?;
-            request_charge += page.headers().request_charge().map_or(0.0, |c| c.value());
-            items.extend(page.into_items());
-            match pages.to_continuation_token() {
-                Ok(token) => {
-                    return Ok(QueryPage {
-                        items,
-                        continuation: next_page_token(token.as_str()),
-                        request_charge,
-                    });
-                }
-                Err(e) if sub_status(&e) == Some(substatus::BUFFERED_CONTINUATION_UNSUPPORTED) => {}
-                Err(e) => return Err(map_error(&e, "continuation")),
-            }
-        }
-        Err(StoreError::Query(format!(
-            "the Cosmos SDK evaluates this query on the client (cross-partition DISTINCT, or \
-             ORDER BY without a streaming plan) and cannot hand out a continuation token for it: \
-             its result does not fit in {} pages of maxItemCount {}. Raise maxItemCount, bound \
-             the query with TOP n, or scope it to one partition with partitionKey",
-            BUFFERED_PAGES_PER_ANSWER + 1,
-            spec.max_item_count
-        )))
-    }
-
     async fn upsert_item(
         &self,
         pk: &PkValue,
@@ -363,62 +291,5 @@ impl CosmosStore {
             .headers()
             .request_charge()
             .map_or(0.0, |c| c.value()))
-    }
-}
-
-/// Pages of a client-buffered query (see [`CosmosStore::query`]) drained into one answer
-/// beyond the first before the query is refused as unpageable.
-const BUFFERED_PAGES_PER_ANSWER: usize = 16;
-
-impl CosmosStore {
-    /// Creates the database and the container (partition key `pk_path`) when missing. For the
-    /// seeding command and tests; the handler itself never creates resources.
-    ///
-    /// With Entra ID, nothing can be created: Cosmos DB's data-plane roles do not cover
-    /// databases and containers (those are control-plane operations, for Azure Resource
-    /// Manager: portal, `az`, Bicep). The container must exist already; this checks that it
-    /// does and says how to create it when it does not.
-    ///
-    /// # Errors
-    /// `Unavailable` when Cosmos cannot be reached or refuses, or (Entra ID) the container is
-    /// missing.
-    pub async fn ensure_container(&self, pk_path: &str) -> Result<(), StoreError> {
-        use azure_data_cosmos::models::ContainerProperties;
-        if self.uses_entra_id() {
-            return match self.container().await {
-                Ok(_) => Ok(()),
-                Err(StoreError::Unavailable(m)) if m.contains("does not exist") => {
-                    Err(StoreError::Unavailable(format!(
-                        "{m}, and Microsoft Entra ID tokens cannot create databases or \
-                         containers ({} uses the data plane only). Create them with the \
-                         control plane first, e.g. `az cosmosdb sql database create -a <account> \
-                         -g <group> -n {db}` and `az cosmosdb sql container create -a <account> \
-                         -g <group> -d {db} -n {container} -p {pk_path}`, or seed once with a key \
-                         (COSMOS_CONNECTION_STRING) where the account allows keys",
-                        names::COSMOS_IDENTITY_ENDPOINT,
-                        db = self.settings.database,
-                        container = self.settings.container,
-                    )))
-                }
-                Err(e) => Err(self.name_the_setting(e)),
-            };
-        }
-        let client = self.client().await?;
-        if let Err(e) = client
-            .create_database(self.settings.database.as_str(), None)
-            .await
-            && !e.status().is_conflict()
-        {
-            return Err(map_error(&e, "create database"));
-        }
-        let db = client.database_client(self.settings.database.as_str());
-        let properties =
-            ContainerProperties::new(self.settings.container.clone(), pk_path.to_string().into());
-        if let Err(e) = db.create_container(properties, None).await
-            && !e.status().is_conflict()
-        {
-            return Err(map_error(&e, "create container"));
-        }
-        Ok(())
     }
 }

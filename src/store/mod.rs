@@ -14,6 +14,8 @@ use serde_json::Value;
 mod cosmos;
 mod failure;
 mod paging;
+mod provision;
+mod query;
 
 pub use cosmos::CosmosStore;
 

@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::support::chaos_proxy::{Behaviour, ChaosProxy};
 use crate::support::{Mode, Stack};
@@ -609,25 +607,12 @@ impl Case {
 }
 
 async fn invoke(app: &axum::Router, body: Vec<u8>) -> (u16, Value) {
-    let response = app
-        .clone()
-        .oneshot(
-            Request::post("/invalidate")
-                .header("content-type", "application/json")
-                .body(Body::from(body))
-                .expect("request"),
-        )
-        .await
-        .expect("infallible");
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, json)
+    let request = Request::post("/invalidate")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    let reply = crate::support::stack::Reply::from_router(app, request).await;
+    (reply.status, reply.json_or_null())
 }
 
 /// Properties, for every generated payload: no panic; the answer is JSON; a 2xx for a batch

@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::Request;
 use futures::FutureExt;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tower::ServiceExt;
 
+use crate::support::stack::Reply;
 use crate::support::{Mode, Stack};
 
 both_modes!(
@@ -22,24 +21,11 @@ both_modes!(
 );
 
 async fn call(app: &axum::Router, request: Request<Body>) -> (u16, String, Value) {
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let reply = Reply::from_router(app, request).await;
     (
-        status,
-        cache,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        reply.status,
+        reply.cache().to_string(),
+        reply.json_or_null(),
     )
 }
 

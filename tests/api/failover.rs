@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::support::failover::ReplicatedRedis;
+use crate::support::stack::Reply;
 use crate::support::{Mode, Stack};
 
 both_modes!(acknowledged_update_survives_failovers);
@@ -62,30 +61,19 @@ impl Instances {
     }
 
     async fn call(&self, request: Request<Body>) -> ((u16, String, Value), String) {
-        let response = self
-            .second
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("infallible");
-        let headers = response.headers().clone();
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
-        let (cache, invalidation) = (header("x-cache"), header("x-cache-invalidation"));
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        ((status, cache, body), invalidation)
+        let reply = Reply::from_router(&self.second, request).await;
+        let invalidation = reply
+            .header("x-cache-invalidation")
+            .unwrap_or("-")
+            .to_string();
+        (
+            (
+                reply.status,
+                reply.cache().to_string(),
+                reply.json_or_null(),
+            ),
+            invalidation,
+        )
     }
 }
 

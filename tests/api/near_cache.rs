@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::support::chaos_proxy::{Behaviour, ChaosProxy};
+use crate::support::stack::Reply;
 use crate::support::{Mode, Stack};
 
 both_modes!(own_writes_are_read_at_once_and_hot_pages_skip_redis);
@@ -97,31 +96,13 @@ fn second_instance(stack: &Stack, redis_url: &str) -> axum::Router {
     cosmos_cache_handler::router(state, "api")
 }
 
-async fn call(app: &axum::Router, request: Request<Body>) -> (u16, String, String) {
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, cache, String::from_utf8_lossy(&bytes).into_owned())
-}
-
 async fn write_on(app: &axum::Router, population: u64) {
     let request = Request::post("/api/update")
         .header("content-type", "application/json")
         .body(Body::from(austin(population).to_string()))
         .expect("request");
-    let (status, _, text) = call(app, request).await;
-    assert_eq!(status, 200, "{text}");
+    let reply = Reply::from_router(app, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
 /// Writes through one instance, reads through another that serves from L1: a read that starts

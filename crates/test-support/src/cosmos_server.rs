@@ -37,36 +37,9 @@ pub fn shared() -> &'static CosmosServer {
 
 impl CosmosServer {
     fn start() -> Self {
-        let dir = cosmos_dir();
-        if !dir.join("node_modules/@vercel/cosmosdb-server").exists() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm on PATH");
-            assert!(status.success(), "npm ci in tests/cosmos failed");
-        }
-        let mut child = Command::new("node")
-            .args(["launcher.js", "--port", "0", "--exit-with-parent"])
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node on PATH");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("launcher prints its address");
-        let url = line
-            .trim()
-            .strip_prefix("cosmos-local listening on ")
-            .unwrap_or_else(|| panic!("unexpected launcher output: {line:?}"))
-            .to_string();
-        let stdin = child.stdin.take().expect("piped stdin");
+        let (child, stdin, endpoint) = launch(&[]);
         Self {
-            endpoint: format!("{url}/"),
+            endpoint,
             _child: Mutex::new(child),
             _stdin: Mutex::new(stdin),
         }
@@ -197,4 +170,40 @@ impl CosmosServer {
             response.status()
         );
     }
+}
+
+/// Starts `node launcher.js --port 0 --exit-with-parent <args>` in `tests/cosmos` (running
+/// `npm ci` there first when the server package is missing). Returns the child, its stdin (the
+/// launcher exits when it closes) and the endpoint `http://127.0.0.1:<port>/`.
+pub(crate) fn launch(args: &[&str]) -> (Child, ChildStdin, String) {
+    let dir = cosmos_dir();
+    if !dir.join("node_modules/@vercel/cosmosdb-server").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm on PATH");
+        assert!(status.success(), "npm ci in tests/cosmos failed");
+    }
+    let mut child = Command::new("node")
+        .args(["launcher.js", "--port", "0", "--exit-with-parent"])
+        .args(args)
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node on PATH");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("launcher prints its address");
+    let url = line
+        .trim()
+        .strip_prefix("cosmos-local listening on ")
+        .unwrap_or_else(|| panic!("unexpected launcher output: {line:?}"))
+        .to_string();
+    let stdin = child.stdin.take().expect("piped stdin");
+    (child, stdin, format!("{url}/"))
 }

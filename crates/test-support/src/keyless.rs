@@ -4,9 +4,8 @@
 //! --aad-verify-url`, seeded with the 1,000-city CSV through `handler seed` with the key, then
 //! switched to `disableLocalAuth`), and the handler behind the host emulator.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -38,36 +37,9 @@ impl Drop for LocalCosmos {
 impl LocalCosmos {
     /// `node launcher.js --port 0 --exit-with-parent <args>`.
     pub fn start(args: &[&str]) -> Self {
-        let dir = crate::repo_root().join("tests/cosmos");
-        if !dir.join("node_modules/@vercel/cosmosdb-server").exists() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm on PATH");
-            assert!(status.success(), "npm ci in tests/cosmos failed");
-        }
-        let mut child = Command::new("node")
-            .args(["launcher.js", "--port", "0", "--exit-with-parent"])
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node on PATH");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("launcher prints its address");
-        let url = line
-            .trim()
-            .strip_prefix("cosmos-local listening on ")
-            .unwrap_or_else(|| panic!("unexpected launcher output: {line:?}"))
-            .to_string();
-        let stdin = child.stdin.take().expect("stdin");
+        let (child, stdin, endpoint) = crate::cosmos_server::launch(args);
         Self {
-            endpoint: format!("{url}/"),
+            endpoint,
             child,
             _stdin: stdin,
         }
@@ -243,19 +215,7 @@ impl KeylessStack {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .expect("request to the host emulator");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("response body");
-        Reply {
-            status,
-            headers,
-            text,
-        }
+        Reply::of(request.timeout(Duration::from_secs(60))).await
     }
 
     /// `GET /api/<path_and_query>` through the emulator.

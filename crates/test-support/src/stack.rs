@@ -67,6 +67,51 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Sends `request` and reads the whole answer.
+    ///
+    /// # Panics
+    /// When nothing answers (the test cannot go on).
+    pub async fn of(request: reqwest::RequestBuilder) -> Self {
+        let response = request.send().await.expect("request to the host emulator");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("response body");
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    /// Runs `request` through an in-process router (axum's `oneshot`: a second handler
+    /// instance in the test's own process) and reads the whole answer.
+    pub async fn from_router(
+        app: &axum::Router,
+        request: axum::http::Request<axum::body::Body>,
+    ) -> Self {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// The body as JSON, or `null` when it is not JSON.
+    pub fn json_or_null(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
     /// The body as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text)
@@ -295,15 +340,7 @@ impl Stack {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = request.send().await.expect("request to the host emulator");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("response body");
-        Reply {
-            status,
-            headers,
-            text,
-        }
+        Reply::of(request).await
     }
 
     /// `GET /api/<path_and_query>` through the emulator.

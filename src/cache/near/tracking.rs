@@ -1,0 +1,150 @@
+//! The near cache's tracking connection: RESP3, `CLIENT TRACKING ON BCAST PREFIX <gen key>`,
+//! a `PING` every [`HEARTBEAT_INTERVAL`], and a fresh start after any failure (see the parent
+//! module for why this keeps L1 correct).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, PushInfo};
+
+use super::{HEARTBEAT_BOUND, HEARTBEAT_INTERVAL, State};
+
+/// Longest pause between two attempts to re-establish tracking.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// Why tracking could not be started on a connection.
+enum TrackError {
+    /// The server refuses RESP3 or `CLIENT TRACKING` (too old, or an ACL forbids it).
+    Unsupported(String),
+    /// Anything else (unreachable, timeout): retried.
+    Transient(String),
+}
+
+/// The tracking task: connect with RESP3, `CLIENT TRACKING ON BCAST PREFIX <gen key>`, then
+/// ping every [`HEARTBEAT_INTERVAL`]; on any failure drop L1 and start again. Ends when the
+/// cache is dropped or the server cannot track.
+pub(super) async fn track(state: Weak<State>, client: redis::Client, gen_key: String) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let Some(s) = state.upgrade() else { return };
+        match start_tracking(&s, &client, &gen_key).await {
+            Ok(mut conn) => {
+                delay = Duration::from_millis(50);
+                s.stats.tracking_starts.fetch_add(1, Ordering::Relaxed);
+                drop(s);
+                heartbeat(&state, &mut conn).await;
+                let Some(s) = state.upgrade() else { return };
+                s.lose_tracking();
+                s.stats.tracking_losses.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrackError::Unsupported(reason)) => {
+                s.unsupported.store(true, Ordering::Release);
+                tracing::warn!(%reason, "near cache off: this Redis cannot track the generation key (RESP3 CLIENT TRACKING)");
+                return;
+            }
+            Err(TrackError::Transient(reason)) => {
+                drop(s);
+                tracing::debug!(%reason, "near cache: tracking not established; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            }
+        }
+    }
+}
+
+/// One tracking connection, with tracking on and the first heartbeat answered.
+async fn start_tracking(
+    s: &Arc<State>,
+    client: &redis::Client,
+    gen_key: &str,
+) -> Result<MultiplexedConnection, TrackError> {
+    let weak = Arc::downgrade(s);
+    let sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+        if let Some(s) = weak.upgrade() {
+            s.on_push(&push);
+        }
+        Ok(())
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(HEARTBEAT_BOUND * 4))
+        .set_response_timeout(Some(HEARTBEAT_BOUND))
+        .set_push_sender(sender);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| classify(&e))?;
+    let sent_ms = s.now_ms();
+    let tracking: Result<(), redis::RedisError> = redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(gen_key)
+        .query_async(&mut conn)
+        .await;
+    tracking.map_err(|e| classify(&e))?;
+    // Entries filled before tracking started may predate writes nobody told us about.
+    s.epoch.fetch_add(1, Ordering::AcqRel);
+    s.pages.clear();
+    s.fresh_as_of_ms.store(sent_ms, Ordering::Release);
+    Ok(conn)
+}
+
+/// Pings until a `PING` fails or the connection reports a disconnection.
+async fn heartbeat(state: &Weak<State>, conn: &mut MultiplexedConnection) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let Some(s) = state.upgrade() else { return };
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = s.disconnected.notified() => return,
+        }
+        let sent_ms = s.now_ms();
+        let ping = tokio::time::timeout(
+            HEARTBEAT_BOUND,
+            conn.req_packed_command(&redis::cmd("PING")),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {
+                // Only move forward: a slow PONG must not overwrite a later one.
+                s.fresh_as_of_ms.fetch_max(sent_ms, Ordering::AcqRel);
+                if s.fresh_as_of_ms.load(Ordering::Acquire) == u64::MAX {
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "near cache: tracking connection failed; L1 dropped");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    bound_ms = HEARTBEAT_BOUND.as_millis() as u64,
+                    "near cache: tracking connection silent; L1 dropped"
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn classify(e: &redis::RedisError) -> TrackError {
+    let text = e.to_string();
+    // A refusal by the server (an old server without HELLO 3, an ACL without `CLIENT`) will
+    // not change by retrying; anything else (I/O, timeouts) may.
+    let refused = matches!(
+        e.kind(),
+        redis::ErrorKind::RESP3NotSupported
+            | redis::ErrorKind::Server(
+                redis::ServerErrorKind::NoPerm | redis::ServerErrorKind::ResponseError
+            )
+    );
+    if refused {
+        TrackError::Unsupported(text)
+    } else {
+        TrackError::Transient(text)
+    }
+}
