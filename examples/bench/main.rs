@@ -34,7 +34,6 @@ mod scenarios;
 mod services;
 mod stats;
 
-use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use report::{Report, RunClock};
@@ -132,32 +131,9 @@ async fn run(opts: Opts) -> Res<()> {
     rep.note(write_mix::NOTE.into());
     rep.add(scale::scale(&ctx).await?);
 
-    let (cosmos_hwm, _) = procs::rss_kb(ctx.svc.cosmos_pid());
-    rep.note(format!(
-        "local Cosmos server (node) peak RSS with all containers loaded: {:.0} MB",
-        cosmos_hwm as f64 / 1024.0
-    ));
-    rep.note(format!(
-        "load average at the end: {}",
-        procs::sh("cut -d' ' -f1-3 /proc/loadavg")
-    ));
-    rep.note(clock.cpu_note(&ctx.svc));
-    rep.note(format!(
-        "whole run (after the build): {:.0} s",
-        clock.elapsed_secs()
-    ));
-
-    let mut out = String::new();
-    let _ = writeln!(out, "## Machine\n\n{machine}");
-    let _ = writeln!(out, "## Results\n\n{}", rep.markdown());
-    for n in &rep.notes {
-        let _ = writeln!(out, "- {n}");
+    for n in clock.closing_notes(&ctx.svc) {
+        rep.note(n);
     }
-    if !profile_text.is_empty() {
-        let _ = writeln!(out, "\n## Profile of the hit path\n\n{profile_text}");
-    }
-    std::fs::write(ctx.svc.run_dir.join("results.md"), &out).map_err(|e| e.to_string())?;
-    println!("\n{out}");
-    println!("(also written to .run/bench/results.md)");
+    rep.write(&machine, &profile_text, &ctx.svc.run_dir)?;
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! machine description and the CPU accounting of the whole run.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Instant;
 
-use crate::procs::{cpu_secs, machine_busy_secs, own_cpu_secs, sh};
+use crate::Res;
+use crate::procs::{cpu_secs, machine_busy_secs, own_cpu_secs, rss_kb, sh};
 use crate::services::Services;
 
 /// One row of the table.
@@ -38,7 +40,7 @@ impl Row {
 #[derive(Default)]
 pub struct Report {
     rows: Vec<Row>,
-    pub notes: Vec<String>,
+    notes: Vec<String>,
 }
 
 impl Report {
@@ -55,7 +57,7 @@ impl Report {
         self.notes.push(n);
     }
 
-    pub fn markdown(&self) -> String {
+    fn markdown(&self) -> String {
         let mut s = String::from(
             "| # | measurement | result | p50 | p99 | ratio to reference | target |\n|---|---|---|---|---|---|---|\n",
         );
@@ -63,6 +65,26 @@ impl Report {
             let _ = writeln!(s, "| {} |", r.cells().join(" | "));
         }
         s
+    }
+}
+
+impl Report {
+    /// Prints the whole report (machine, table, notes, profile) and writes it to
+    /// `<run_dir>/results.md`.
+    pub fn write(&self, machine: &str, profile: &str, run_dir: &Path) -> Res<()> {
+        let mut out = String::new();
+        let _ = writeln!(out, "## Machine\n\n{machine}");
+        let _ = writeln!(out, "## Results\n\n{}", self.markdown());
+        for n in &self.notes {
+            let _ = writeln!(out, "- {n}");
+        }
+        if !profile.is_empty() {
+            let _ = writeln!(out, "\n## Profile of the hit path\n\n{profile}");
+        }
+        std::fs::write(run_dir.join("results.md"), &out).map_err(|e| e.to_string())?;
+        println!("\n{out}");
+        println!("(also written to .run/bench/results.md)");
+        Ok(())
     }
 }
 
@@ -173,21 +195,34 @@ impl RunClock {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// The CPU note: busy CPU-seconds, this benchmark's share (this process, its children,
-    /// Redis and the Cosmos server) and everybody else's.
-    pub fn cpu_note(&self, svc: &Services) -> String {
+    /// The notes under the table: the Cosmos server's peak RSS, the load average, the CPU
+    /// accounting (busy CPU-seconds, this benchmark's share — this process, its children, Redis
+    /// and the Cosmos server — and everybody else's) and the run's duration.
+    pub fn closing_notes(&self, svc: &Services) -> Vec<String> {
+        let (cosmos_hwm, _) = rss_kb(svc.cosmos_pid());
         let wall = self.elapsed_secs();
         let busy = machine_busy_secs() - self.busy0;
         let ours =
             own_cpu_secs() - self.own0 + cpu_secs(svc.cosmos_pid()) + cpu_secs(svc.redis_pid());
         let others = (busy - ours).max(0.0);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        format!(
-            "CPU during the run: {busy:.0} CPU-s busy of {:.0} available; this benchmark's \
-             processes {ours:.0} CPU-s; **other processes {others:.0} CPU-s ({:.0} % of the \
-             machine)**",
-            wall * cores,
-            others / (wall * cores) * 100.0
-        )
+        vec![
+            format!(
+                "local Cosmos server (node) peak RSS with all containers loaded: {:.0} MB",
+                cosmos_hwm as f64 / 1024.0
+            ),
+            format!(
+                "load average at the end: {}",
+                sh("cut -d' ' -f1-3 /proc/loadavg")
+            ),
+            format!(
+                "CPU during the run: {busy:.0} CPU-s busy of {:.0} available; this benchmark's \
+                 processes {ours:.0} CPU-s; **other processes {others:.0} CPU-s ({:.0} % of the \
+                 machine)**",
+                wall * cores,
+                others / (wall * cores) * 100.0
+            ),
+            format!("whole run (after the build): {:.0} s", self.elapsed_secs()),
+        ]
     }
 }

@@ -19,7 +19,8 @@ pub struct Profile {
     pub text: String,
 }
 
-/// The variants compared in rows 2x: a label and the settings added to the default handler's.
+/// The variants compared in rows 2x: experiments the profile suggests, each on a fresh handler
+/// with one setting changed (a label and the settings added to the default handler's).
 const VARIANTS: [(&str, &[(&str, &str)]); 4] = [
     ("baseline (a fresh handler, same settings as row 2)", &[]),
     (
