@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark, in one command: installs what is missing (redis-server and wrk from Debian's
 # packages, the local Cosmos server from npm), builds the release handler and the benchmark
-# driver (examples/bench.rs), then starts its own redis-server and local Cosmos-protocol server
+# driver (examples/bench/), then starts its own redis-server and local Cosmos-protocol server
 # on free 127.0.0.1 ports, seeds them, and prints one markdown table measured in this run
 # (also written to .run/bench/results.md). About 5-8 minutes after the build on 2 cores.
 #

@@ -21,7 +21,7 @@ pub const EMULATOR_KEY: &str =
 pub struct CosmosServer {
     /// `http://127.0.0.1:<port>/`.
     pub endpoint: String,
-    _child: Mutex<Child>,
+    child: Mutex<Child>,
     _stdin: Mutex<ChildStdin>,
 }
 
@@ -40,7 +40,7 @@ impl CosmosServer {
         let (child, stdin, endpoint) = launch(&[]);
         Self {
             endpoint,
-            _child: Mutex::new(child),
+            child: Mutex::new(child),
             _stdin: Mutex::new(stdin),
         }
     }
@@ -66,6 +66,11 @@ impl CosmosServer {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+    }
+
+    /// The launcher's process id (the benchmark reports its RSS and CPU time; 0 if unknown).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().map_or(0, |c| c.id())
     }
 
     fn control_url(&self, path: &str) -> String {

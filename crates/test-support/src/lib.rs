@@ -1,5 +1,5 @@
 //! Test support shared by the integration tests (`tests/api`) and the benchmark
-//! (`examples/bench.rs`): real services started and controlled per test, and the stack that
+//! (`examples/bench/`): real services started and controlled per test, and the stack that
 //! puts the `handler` binary behind the host emulator.
 //!
 //! ## Layout

@@ -102,6 +102,11 @@ impl RedisServer {
             .is_ok()
     }
 
+    /// The server's process id while it runs (the benchmark counts its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// A synchronous connection for inspecting keys in tests.
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())

@@ -37,6 +37,10 @@ pub struct CityRow {
     pub state: String,
     /// `Population` column.
     pub population: u64,
+    /// `lat` column (degrees).
+    pub lat: f64,
+    /// `lon` column (degrees).
+    pub lng: f64,
 }
 
 /// All rows of the CSV.
@@ -50,6 +54,8 @@ pub fn city_rows() -> Vec<CityRow> {
                 city: r[0].trim().to_string(),
                 state: r[1].trim().to_string(),
                 population: r[2].trim().parse().expect("a population"),
+                lat: r[3].trim().parse().expect("a latitude"),
+                lng: r[4].trim().parse().expect("a longitude"),
             }
         })
         .collect()

@@ -1,6 +1,6 @@
-//! Benchmark section 10 (included by `examples/bench.rs`): the change-feed function
-//! `invalidate`, driven by the host emulator's trigger (`crates/host-emulator/src/change_feed.rs`)
-//! polling the local Cosmos server every `feedPollDelay` (1000 ms, `invalidate/function.json`).
+//! Benchmark section 10: the change-feed function `invalidate`, driven by the host emulator's
+//! trigger (`crates/host-emulator/src/change_feed.rs`) polling the local Cosmos server every
+//! `feedPollDelay` (1000 ms, `invalidate/function.json`).
 //!
 //! - 10a: the staleness window of writes made straight to Cosmos (REST upserts, neither the
 //!   handler nor its SDK) while two readers query the written document through the handler:
@@ -15,24 +15,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde_json::json;
+use test_support::cosmos_server::EMULATOR_KEY;
 
-use super::{
-    CONTAINER, COSMOS_KEY, City, DB, HandlerCfg, Opts, Report, Res, Stack, Zipf, f, msf, open_loop,
-    pct,
-};
+use crate::Res;
+use crate::report::{Row, f, msf};
+use crate::scenarios::{Ctx, write_mix};
+use crate::services::{CONTAINER, DB, Services};
+use crate::stats::pct;
 
 /// Reads that start later than this after a write's acknowledgement must see it.
 const WINDOW: Duration = Duration::from_secs(2);
 
 /// App settings the trigger reads: its connection and the `%...%` names.
-fn trigger_settings(stack: &Stack) -> Vec<(String, String)> {
+fn trigger_settings(svc: &Services) -> Vec<(String, String)> {
     vec![
         (
             "CosmosDBConnection".into(),
             format!(
-                "AccountEndpoint={};AccountKey={COSMOS_KEY};",
-                stack.endpoint
+                "AccountEndpoint={};AccountKey={EMULATOR_KEY};",
+                svc.cosmos.endpoint
             ),
         ),
         ("COSMOS_DATABASE".into(), DB.into()),
@@ -51,22 +55,18 @@ fn port_of(base: &str) -> u16 {
 /// feed bumps, requests sent.
 type Run = (f64, f64, f64, u64, u64, usize);
 
-/// Section 10 (see the module docs).
-pub async fn run(
-    stack: &Stack,
-    cfg: &HandlerCfg,
-    cities: &[City],
-    opts: Opts,
-    rep: &mut Report,
-) -> Res<()> {
+/// Section 10 (see the module docs): rows 10b, then 10a.
+pub async fn change_feed(ctx: &Ctx) -> Res<Vec<Row>> {
+    let (svc, cities, opts) = (&ctx.svc, &ctx.cities[..], ctx.opts);
+    let mut rows = Vec::new();
     println!("== 10. change-feed function");
-    let h = stack.start_handler(cfg).await?;
+    let h = svc.start_handler(&ctx.cfg).await?;
     let port = port_of(&h.base);
 
     // ---- 10b first: the same handler, the function off, then on --------------------------
-    let rate: f64 = 250.0;
+    let rate = write_mix::RATE;
     let secs: f64 = if opts.quick { 3.0 } else { 8.0 };
-    let zipf = Zipf::new(cities.len(), 1.0);
+    let zipf = write_mix::zipf(cities.len(), 1.0)?;
     // Off and on alternate, `rounds` times each; the medians are compared (on a shared 2-core
     // machine one 8-second run's hit rate moves by several points with the load of others).
     let rounds = if opts.quick { 1 } else { 3 };
@@ -75,26 +75,20 @@ pub async fn run(
         for _ in 0..rounds {
             for feed_on in [false, true] {
                 let feeds = feed_on.then(|| {
-                    host_emulator::change_feed::start(&stack.root, &trigger_settings(stack), port)
+                    host_emulator::change_feed::start(&svc.root, &trigger_settings(svc), port)
                 });
                 // Let the watcher take its starting checkpoint before the load.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                stack.flush_redis()?;
-                let before = h.diagnostics(&stack.http).await["cache"].clone();
-                let o = open_loop(
-                    &stack.http,
-                    &h.base,
-                    rate,
-                    secs,
-                    write_pct,
-                    cities,
-                    &zipf,
-                    4242 + u64::from(write_pct),
+                svc.flush_redis()?;
+                let before = h.diagnostics(&svc.http).await["cache"].clone();
+                let mut rng = StdRng::seed_from_u64(4242 + u64::from(write_pct));
+                let o = write_mix::open_loop(
+                    &svc.http, &h.base, secs, write_pct, cities, &zipf, &mut rng,
                 )
                 .await;
                 // Let the feed deliver the last writes before the watcher stops.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                let after = h.diagnostics(&stack.http).await["cache"].clone();
+                let after = h.diagnostics(&svc.http).await["cache"].clone();
                 let delta =
                     |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
                 drop(feeds);
@@ -119,7 +113,7 @@ pub async fn run(
             let own: u64 = v.iter().map(|r| r.3).sum();
             let bumps: u64 = v.iter().map(|r| r.4).sum();
             let hit = median(v, |r| r.0);
-            rep.row(
+            rows.push(row(
                 "10b",
                 &format!(
                     "read:write {}:{write_pct} through `update`, change-feed function {} ({rate:.0} req/s offered for {secs:.0} s, Zipf(1) reads; median of {rounds} runs, off and on alternating)",
@@ -140,18 +134,17 @@ pub async fn run(
                     "1 (reference)".into()
                 },
                 if feed_on { "within 5 % of off".into() } else { "-".into() },
-            );
+            ));
         }
     }
 
     // ---- 10a: staleness of direct writes -------------------------------------------------
     let writes: u64 = if opts.quick { 200 } else { 2000 };
-    let feeds = host_emulator::change_feed::start(&stack.root, &trigger_settings(stack), port);
+    let feeds = host_emulator::change_feed::start(&svc.root, &trigger_settings(svc), port);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = format!("{}dbs/{DB}/colls/{CONTAINER}/docs", stack.endpoint);
+    let url = format!("{}dbs/{DB}/colls/{CONTAINER}/docs", svc.cosmos.endpoint);
     let upsert = |seq: u64| {
-        stack
-            .http
+        svc.http
             .post(&url)
             .header("content-type", "application/json")
             .header("x-ms-documentdb-is-upsert", "true")
@@ -174,7 +167,7 @@ pub async fn run(
     let reads: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let mut readers = Vec::new();
     for _ in 0..2 {
-        let (running, reads, http) = (running.clone(), reads.clone(), stack.http.clone());
+        let (running, reads, http) = (running.clone(), reads.clone(), svc.http.clone());
         let query = format!("{}/api/query?id=cf-probe&state=Texas", h.base);
         readers.push(tokio::spawn(async move {
             while running.load(Ordering::Acquire) {
@@ -235,7 +228,7 @@ pub async fn run(
         })
         .count();
     let max = windows.iter().copied().fold(0.0, f64::max);
-    rep.row(
+    rows.push(row(
         "10a",
         &format!(
             "staleness window of {writes} writes made straight to Cosmos (one every ~20 ms, {:.0} s), 2 readers through the handler; feedPollDelay 1000 ms",
@@ -252,15 +245,37 @@ pub async fn run(
         msf(pct(&windows, 99.0)),
         "n/a".into(),
         "0 reads > 2 s stale".into(),
-    );
-    rep.note(
-        "rows 10: the change-feed function as the host emulator drives it (it polls the local \
-         server's change feed; on Azure the Cosmos DB extension does). Staleness window of a \
-         write = the latest start of a read that began after the write was acknowledged and \
-         still returned an older version (0 when none did): ≈ the wait for the next poll \
-         (0–1000 ms) + one invocation. Rows 10b: writes through `update` are recognised on the \
-         feed by their `_etag` and not invalidated a second time."
-            .into(),
-    );
-    Ok(())
+    ));
+    Ok(rows)
+}
+
+/// The note under rows 10.
+pub const NOTE: &str = concat!(
+    "rows 10: the change-feed function as the host emulator drives it (it polls the local ",
+    "server's change feed; on Azure the Cosmos DB extension does). Staleness window of a ",
+    "write = the latest start of a read that began after the write was acknowledged and ",
+    "still returned an older version (0 when none did): ≈ the wait for the next poll ",
+    "(0–1000 ms) + one invocation. Rows 10b: writes through `update` are recognised on the ",
+    "feed by their `_etag` and not invalidated a second time."
+);
+
+/// A row from its cells.
+fn row(
+    id: &'static str,
+    what: &str,
+    result: String,
+    p50: String,
+    p99: String,
+    ratio: String,
+    target: String,
+) -> Row {
+    Row {
+        id,
+        what: what.to_string(),
+        result,
+        p50,
+        p99,
+        ratio,
+        target,
+    }
 }
