@@ -38,8 +38,8 @@ use std::process::ExitCode;
 
 use report::{Report, RunClock};
 use scenarios::{
-    Ctx, ceiling, change_feed, hits, misses, profile, rss, scale, single_flight, sizes, startup,
-    write_mix,
+    Ctx, ceiling, change_feed, hits, misses, near_cache, profile, rss, scale, single_flight, sizes,
+    startup, write_mix,
 };
 
 /// Errors end the run with their message: every failure here is a broken setup, not a result.
@@ -106,11 +106,22 @@ async fn run(opts: Opts) -> Res<()> {
     let machine = report::machine();
     println!("== machine\n{machine}");
     let ctx = Ctx::start(opts)?;
-    // BENCH_ONLY=change-feed: section 10 alone.
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("change-feed") {
-        rep.add(change_feed::change_feed(&ctx).await?);
-        rep.note(change_feed::NOTE.into());
-        return rep.write(&machine, "", &ctx.svc.run_dir);
+    // BENCH_ONLY=change-feed or near-cache: that section alone (the near cache after row 1,
+    // its reference).
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("change-feed") => {
+            rep.add(change_feed::change_feed(&ctx).await?);
+            rep.note(change_feed::NOTE.into());
+            return rep.write(&machine, "", &ctx.svc.run_dir);
+        }
+        Ok("near-cache") => {
+            let ceiling = ceiling::redis_get(&ctx)?;
+            rep.add(ceiling.rows);
+            rep.add(near_cache::near_cache(&ctx, ceiling.rps).await?);
+            rep.note(near_cache::NOTE.into());
+            return rep.write(&machine, "", &ctx.svc.run_dir);
+        }
+        _ => {}
     }
 
     let ceiling = ceiling::redis_get(&ctx)?;
@@ -121,6 +132,8 @@ async fn run(opts: Opts) -> Res<()> {
     let hit = hits::hits(&ctx, &h, ceiling.rps, &mut mem).await?;
     rep.add(hit.rows);
     rep.add(ceiling::redis_get_sized(&ctx, hit.body_len, ceiling.rps)?);
+    rep.add(near_cache::near_cache(&ctx, ceiling.rps).await?);
+    rep.note(near_cache::NOTE.into());
     rep.add(misses::misses(&ctx, &h).await?);
     rep.add(single_flight::single_flight(&ctx, &h).await?);
     mem.after_burst(&h);

@@ -6,6 +6,7 @@ pub mod ceiling;
 pub mod change_feed;
 pub mod hits;
 pub mod misses;
+pub mod near_cache;
 pub mod profile;
 pub mod rss;
 pub mod scale;
