@@ -18,6 +18,7 @@ use azure_identity::{
 use crate::config::CredentialKind;
 
 mod source;
+mod token;
 
 pub use source::{RefreshPolicy, Token, TokenSource};
 

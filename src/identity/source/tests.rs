@@ -1,6 +1,7 @@
 //! Unit tests of `src/identity/source.rs`.
 
 use super::*;
+use azure_core::time::OffsetDateTime;
 use std::sync::atomic::AtomicUsize;
 
 /// Answers with the token `make` builds for the n-th call.
