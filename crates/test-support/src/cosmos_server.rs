@@ -46,26 +46,19 @@ impl CosmosServer {
     }
 
     /// Environment for the handler and `handler seed` against this server and `database`/
-    /// `container`. The `AZURE_COSMOS_*` and `COSMOS_DISABLE_IMDS` lines are SDK settings that
-    /// only a local server needs; against real Cosmos DB none of them is set.
+    /// `container`, with the [`local_sdk_env`] settings.
     pub fn sdk_env(&self, database: &str, container: &str) -> Vec<(String, String)> {
-        [
+        let mut env: Vec<(String, String)> = [
             ("COSMOS_ENDPOINT", self.endpoint.as_str()),
             ("COSMOS_KEY", EMULATOR_KEY),
             ("COSMOS_DATABASE", database),
             ("COSMOS_CONTAINER", container),
-            // The SDK writes Cosmos binary JSON by default; real Cosmos DB accepts it, the
-            // local server answers 500 "Unexpected token".
-            ("AZURE_COSMOS_BINARY_ENCODING_ENABLED", "false"),
-            // Real Cosmos DB speaks HTTP/2; the local (Node) server refuses h2 and some
-            // plain-HTTP h2 connects fail.
-            ("AZURE_COSMOS_CONNECTION_POOL_IS_HTTP2_ALLOWED", "false"),
-            // No Azure metadata endpoint here; real deployments may use it for region info.
-            ("COSMOS_DISABLE_IMDS", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .collect();
+        env.extend(local_sdk_env());
+        env
     }
 
     /// The launcher's process id (the benchmark reports its RSS and CPU time; 0 if unknown).
@@ -211,4 +204,21 @@ pub(crate) fn launch(args: &[&str]) -> (Child, ChildStdin, String) {
         .to_string();
     let stdin = child.stdin.take().expect("piped stdin");
     (child, stdin, format!("{url}/"))
+}
+
+/// SDK settings only a local server needs; against real Cosmos DB none of them is set.
+pub fn local_sdk_env() -> Vec<(String, String)> {
+    [
+        // The SDK writes Cosmos binary JSON by default; real Cosmos DB accepts it, the local
+        // server answers 500 "Unexpected token".
+        ("AZURE_COSMOS_BINARY_ENCODING_ENABLED", "false"),
+        // Real Cosmos DB speaks HTTP/2; the local (Node) server refuses h2 and some plain-HTTP
+        // h2 connects fail.
+        ("AZURE_COSMOS_CONNECTION_POOL_IS_HTTP2_ALLOWED", "false"),
+        // No Azure metadata endpoint here; real deployments may use it for region info.
+        ("COSMOS_DISABLE_IMDS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }

@@ -68,16 +68,9 @@ impl LocalCosmos {
             .expect("JSON")
     }
 
-    /// SDK settings only a local server needs (as `CosmosServer::sdk_env`).
+    /// SDK settings only a local server needs.
     pub fn sdk_env() -> Vec<(String, String)> {
-        [
-            ("AZURE_COSMOS_BINARY_ENCODING_ENABLED", "false"),
-            ("AZURE_COSMOS_CONNECTION_POOL_IS_HTTP2_ALLOWED", "false"),
-            ("COSMOS_DISABLE_IMDS", "1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        crate::cosmos_server::local_sdk_env()
     }
 }
 
@@ -220,22 +213,18 @@ impl KeylessStack {
 
     /// `GET /api/<path_and_query>` through the emulator.
     pub async fn get(&self, path_and_query: &str) -> Reply {
-        self.send(
-            self.http
-                .get(format!("{}/api/{path_and_query}", self.base())),
-        )
+        self.send(crate::stack::api_get(
+            &self.http,
+            &self.base(),
+            path_and_query,
+        ))
         .await
     }
 
     /// `POST /api/<path>` with a JSON text body.
     pub async fn post(&self, path: &str, body: &str) -> Reply {
-        self.send(
-            self.http
-                .post(format!("{}/api/{path}", self.base()))
-                .header("content-type", "application/json")
-                .body(body.to_string()),
-        )
-        .await
+        self.send(crate::stack::api_post(&self.http, &self.base(), path, body))
+            .await
     }
 
     /// `GET /_diagnostics` on the handler's own port.

@@ -61,6 +61,27 @@ pub fn city_rows() -> Vec<CityRow> {
         .collect()
 }
 
+/// `GET <base>/api/<path_and_query>` (the emulator's client side).
+pub(crate) fn api_get(
+    http: &reqwest::Client,
+    base: &str,
+    path_and_query: &str,
+) -> reqwest::RequestBuilder {
+    http.get(format!("{base}/api/{path_and_query}"))
+}
+
+/// `POST <base>/api/<path>` with a JSON text body.
+pub(crate) fn api_post(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/api/{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+}
+
 /// A reply from the stack.
 #[derive(Debug)]
 pub struct Reply {
@@ -351,22 +372,14 @@ impl Stack {
 
     /// `GET /api/<path_and_query>` through the emulator.
     pub async fn get(&self, path_and_query: &str) -> Reply {
-        self.send(
-            self.http
-                .get(format!("{}/api/{path_and_query}", self.base())),
-        )
-        .await
+        self.send(api_get(&self.http, &self.base(), path_and_query))
+            .await
     }
 
     /// `POST /api/<path>` with a JSON text body.
     pub async fn post(&self, path: &str, body: &str) -> Reply {
-        self.send(
-            self.http
-                .post(format!("{}/api/{path}", self.base()))
-                .header("content-type", "application/json")
-                .body(body.to_string()),
-        )
-        .await
+        self.send(api_post(&self.http, &self.base(), path, body))
+            .await
     }
 
     /// `DELETE /api/<path_and_query>`.
