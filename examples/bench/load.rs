@@ -25,6 +25,17 @@ pub struct WrkOut {
     pub bad: u64,
 }
 
+impl WrkOut {
+    /// `"; N errors/non-2xx"` for a result cell, or nothing when every answer was good.
+    pub fn errors_suffix(&self) -> String {
+        if self.bad > 0 {
+            format!("; {} errors/non-2xx", self.bad)
+        } else {
+            String::new()
+        }
+    }
+}
+
 /// `wrk -t2 -c<conns> -d<secs>s --latency` against `url`, with a Lua `script` if given.
 pub fn wrk(conns: u32, secs: u32, url: &str, script: Option<&Path>) -> Res<WrkOut> {
     let mut cmd = Command::new("wrk");

@@ -95,11 +95,7 @@ pub async fn hits(ctx: &Ctx, h: &Handler, redis_rps: f64, mem: &mut Samples) -> 
                     cpu / o.requests.max(1) as f64 * 1e6,
                     hits,
                     o.requests,
-                    if o.bad > 0 {
-                        format!("; {} errors/non-2xx", o.bad)
-                    } else {
-                        String::new()
-                    }
+                    o.errors_suffix()
                 ),
                 p50: msf(o.p50),
                 p99: msf(o.p99),

@@ -49,11 +49,7 @@ pub async fn near_cache(ctx: &Ctx, redis_rps: f64) -> Res<Vec<Row>> {
                     "{:.0} req/s; {cpu:.0} µs handler CPU/req; {local} of {} from L1{}",
                     o.rps,
                     o.requests,
-                    if o.bad > 0 {
-                        format!("; {} errors/non-2xx", o.bad)
-                    } else {
-                        String::new()
-                    }
+                    o.errors_suffix()
                 ),
                 p50: msf(o.p50),
                 p99: msf(o.p99),
