@@ -338,6 +338,21 @@ async fn keys_refused_keyless_works(mode: Mode) {
     stack.shutdown().await;
 }
 
+/// Reads `query?state=Utah` every 100 ms for `period`: every answer must be a 200 hit.
+async fn only_hits_for(stack: &KeylessStack, period: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < period {
+        let reply = stack.get("query?state=Utah").await;
+        assert_eq!(
+            (reply.status, reply.cache()),
+            (200, "hit"),
+            "{}",
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// New tokens are held back from Redis's ACL for a while: the handler's re-AUTH with them
 /// fails (WRONGPASS), is retried, and succeeds once Redis knows them, before the connection's
 /// current token expires; answers never bypass.
@@ -354,34 +369,14 @@ async fn failed_reauth_is_retried(mode: Mode) {
     }
     stack.redis.hold_tokens();
     let before = stack.diagnostics().await["cache"].clone();
-    let held_from = Instant::now();
-    while held_from.elapsed() < Duration::from_secs(8) {
-        let reply = stack.get("query?state=Utah").await;
-        assert_eq!(
-            (reply.status, reply.cache()),
-            (200, "hit"),
-            "{}",
-            reply.text
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    only_hits_for(&stack, Duration::from_secs(8)).await;
     let during = stack.diagnostics().await["cache"].clone();
     assert!(
         during["reauthFailures"].as_u64() > before["reauthFailures"].as_u64(),
         "{before} -> {during}"
     );
     stack.redis.release_tokens().await;
-    let released = Instant::now();
-    while released.elapsed() < Duration::from_secs(10) {
-        let reply = stack.get("query?state=Utah").await;
-        assert_eq!(
-            (reply.status, reply.cache()),
-            (200, "hit"),
-            "{}",
-            reply.text
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    only_hits_for(&stack, Duration::from_secs(10)).await;
     let after = stack.diagnostics().await["cache"].clone();
     eprintln!("failed re-AUTH ({mode:?}): {before} -> {during} -> {after}");
     assert!(
@@ -684,13 +679,7 @@ async fn cluster_nodes_each_reauthenticate(mode: Mode) {
                 return;
             }
             for admin in &mut admins {
-                redis::cmd("ACL")
-                    .arg("SETUSER")
-                    .arg(PRINCIPAL)
-                    .arg(format!(">{}", issued.token))
-                    .query_async::<()>(admin)
-                    .await
-                    .expect("ACL SETUSER >token");
+                crate::support::entra_redis::allow_token(admin, PRINCIPAL, &issued.token).await;
             }
             // Removed from every node when it expires.
             let mut admins = admins.clone();

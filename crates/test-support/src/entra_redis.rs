@@ -60,19 +60,29 @@ struct Tracker {
     held: Mutex<Option<Vec<Issued>>>,
 }
 
+/// Adds `token` to `principal`'s ACL passwords on the server behind `admin` (as Azure accepts
+/// a newly issued Entra ID token).
+pub async fn allow_token(
+    admin: &mut redis::aio::MultiplexedConnection,
+    principal: &str,
+    token: &str,
+) {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(principal)
+        .arg(format!(">{token}"))
+        .query_async::<()>(admin)
+        .await
+        .expect("ACL SETUSER >token");
+}
+
 async fn add_token(
     tracker: &Tracker,
     principal: &str,
     admin: &mut redis::aio::MultiplexedConnection,
     issued: Issued,
 ) {
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg(principal)
-        .arg(format!(">{}", issued.token))
-        .query_async::<()>(admin)
-        .await
-        .expect("ACL SETUSER >token");
+    allow_token(admin, principal, &issued.token).await;
     tracker
         .tokens
         .lock()
