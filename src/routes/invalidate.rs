@@ -9,8 +9,11 @@
 //!   "ReturnValue":null}`; the host then moves its checkpoint past the batch.
 //! - Redis did not take it: `503` with a JSON error. A non-2xx fails the invocation (§5.1), so
 //!   the function's `retry` policy re-delivers the same batch instead of moving the checkpoint.
-//! - An empty batch, or one that cannot be read: a logged no-op `200` (retrying cannot make it
-//!   readable, and a crash would not either).
+//! - An empty batch: a logged no-op `200`.
+//! - A batch that cannot be read (a document nested deeper than the JSON parser's limit, a lone
+//!   UTF-16 surrogate, an unexpected shape) may hold changes we cannot see: it bumps like any
+//!   other batch. A needless bump costs one miss; skipping it would leave pages stale until
+//!   their TTL.
 
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -123,11 +126,8 @@ pub async fn invocation(
         Batch::Changes { count, versions } => (count, versions),
         Batch::Empty => return result(200, "invalidate: empty batch, nothing to do"),
         Batch::Malformed(why) => {
-            tracing::warn!(reason = %why, "change-feed invocation without a readable batch: ignored");
-            return result(
-                200,
-                &format!("invalidate: no readable batch ({why}); nothing done"),
-            );
+            tracing::warn!(reason = %why, "change-feed batch not readable: invalidating anyway");
+            (0, None)
         }
     };
     match state.cache.invalidate_changes(versions.as_deref()).await {

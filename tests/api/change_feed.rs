@@ -409,6 +409,42 @@ async fn the_change_feed_works_on_a_redis_cluster() {
 // ---------------------------------------------------------------------------------------------
 // The script's rules, in process against a real redis-server.
 
+/// Batches the JSON parser cannot read — a document nested past its recursion limit, a lone
+/// UTF-16 surrogate (JavaScript writes them, Cosmos stores them), bytes that are not UTF-8 —
+/// in every encoding the host may use: 200 with a bump, never a skipped one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_batches_still_invalidate() {
+    let stack = Stack::services(Mode::Payload, false, &[]);
+    let app = cosmos_cache_handler::router(stack.app_state(), "api");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let documents = [
+        format!(r#"[{{"id":"a","_etag":"e1"}},{{"id":"b","_etag":"e2","n":{deep}}}]"#),
+        r#"[{"id":"a","_etag":"e1"},{"id":"b","_etag":"e2","note":"\ud800"}]"#.to_string(),
+    ];
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for docs in &documents {
+        // Plain, single-encoded and double-encoded, as in `Data.documents`.
+        let single = serde_json::to_string(docs).expect("encode");
+        let double = serde_json::to_string(&single).expect("encode");
+        for inner in [docs.clone(), single, double] {
+            bodies.push(format!(r#"{{"Data":{{"documents":{inner}}},"Metadata":{{}}}}"#).into());
+        }
+    }
+    let mut not_utf8 = br#"{"Data":{"documents":[{"id":"a","_etag":""#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\xfe\"}]},\"Metadata\":{}}");
+    bodies.push(not_utf8);
+    for body in bodies {
+        let before = stack.generation().1;
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(80)
+            .collect::<String>();
+        let (status, reply) = invoke(&app, body).await;
+        assert_eq!(status, 200, "{reply} for {shown}");
+        assert_ne!(stack.generation().1, before, "no bump for {shown}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_skips_only_batches_of_recorded_versions() {
     use cosmos_cache_handler::cache::FeedInvalidation::{Bumped, OwnWrites};
@@ -600,9 +636,10 @@ impl Case {
     fn owes_a_bump(&self) -> bool {
         let readable = matches!(self.shape, Shape::Encoded(layers) if layers <= 3)
             || matches!(self.shape, Shape::Renamed);
-        readable
-            && !self.changes.is_empty()
-            && self.changes.iter().any(|c| !matches!(c, Change::Own(..)))
+        // An unreadable batch may hide changes: it bumps (a miss, never a stale read).
+        !readable
+            || (!self.changes.is_empty()
+                && self.changes.iter().any(|c| !matches!(c, Change::Own(..))))
     }
 }
 
@@ -618,7 +655,7 @@ async fn invoke(app: &axum::Router, body: Vec<u8>) -> (u16, Value) {
 /// Properties, for every generated payload: no panic; the answer is JSON; a 2xx for a batch
 /// holding a change `update` did not record comes with a generation bump; a 2xx is the
 /// `{Outputs, Logs, ReturnValue}` envelope; with Redis up every payload gets a 2xx (an
-/// unreadable one is a no-op); with Redis unreachable, a batch that owes a bump never gets one.
+/// unreadable one bumps too); with Redis unreachable, a batch that owes a bump never gets one.
 #[test]
 fn fuzzed_invocations_never_skip_a_bump() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -679,7 +716,7 @@ fn fuzzed_invocations_never_skip_a_bump() {
                     prop_assert_ne!(before, after, "2xx without the bump for {:?}", case);
                     counts.lock().expect("counts")[0] += 1;
                 } else {
-                    // Unreadable, empty, or only recorded versions: nothing moves.
+                    // Empty, or only recorded versions: nothing moves.
                     prop_assert_eq!(before, after, "a needless bump for {:?}", case);
                     counts.lock().expect("counts")[1] += 1;
                 }
