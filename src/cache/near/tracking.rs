@@ -133,15 +133,17 @@ async fn heartbeat(state: &Weak<State>, conn: &mut MultiplexedConnection) {
 
 fn classify(e: &redis::RedisError) -> TrackError {
     let text = e.to_string();
-    // A refusal by the server (an old server without HELLO 3, an ACL without `CLIENT`) will
-    // not change by retrying; anything else (I/O, timeouts) may.
-    let refused = matches!(
-        e.kind(),
+    // A refusal by the server that retrying will not change: an old server without HELLO 3,
+    // an ACL without `CLIENT TRACKING`, a server that does not know the command. Any other
+    // error (I/O, timeouts, `max number of clients reached`) may pass: retry.
+    let refused = match e.kind() {
         redis::ErrorKind::RESP3NotSupported
-            | redis::ErrorKind::Server(
-                redis::ServerErrorKind::NoPerm | redis::ServerErrorKind::ResponseError
-            )
-    );
+        | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => true,
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            text.to_ascii_lowercase().contains("unknown")
+        }
+        _ => false,
+    };
     if refused {
         TrackError::Unsupported(text)
     } else {
