@@ -77,6 +77,28 @@ async fn malformed_invocation_fails_and_unknown_function_is_404() {
 }
 
 #[tokio::test]
+async fn wrong_method_on_a_payload_path_is_a_json_405() {
+    // Payload paths (`/query`, `/update`, the change feed's `/invalidate`) are POST only.
+    for path in ["/invalidate", "/query", "/update"] {
+        for method in ["GET", "PUT", "DELETE"] {
+            let (status, body) = call(
+                Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {path}: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn client_errors_need_no_backend() {
     // Validation happens before Redis or Cosmos are touched, so bad input is a 400 even now.
     let (status, body) = call(

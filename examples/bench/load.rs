@@ -178,6 +178,8 @@ pub struct Timed {
     pub ru: f64,
     /// Latency to the end of the body, ms.
     pub ms: f64,
+    /// Bytes of the body (0 without a response).
+    pub body_len: usize,
 }
 
 /// Sends `request` and times it to the end of its body.
@@ -194,12 +196,13 @@ async fn timed_since(started: Instant, request: reqwest::RequestBuilder) -> Time
             let ru = header(r.headers(), "x-ms-request-charge")
                 .parse()
                 .unwrap_or(0.0);
-            let _ = r.bytes().await;
+            let body_len = r.bytes().await.map_or(0, |b| b.len());
             Timed {
                 status,
                 cache,
                 ru,
                 ms: ms(started.elapsed()),
+                body_len,
             }
         }
         Err(_) => Timed {
@@ -207,6 +210,7 @@ async fn timed_since(started: Instant, request: reqwest::RequestBuilder) -> Time
             cache: String::new(),
             ru: 0.0,
             ms: ms(started.elapsed()),
+            body_len: 0,
         },
     }
 }

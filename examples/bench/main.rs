@@ -23,10 +23,12 @@
 //! - `procs.rs`: child processes, RSS, CPU time. `load.rs`: the load generators (`wrk`,
 //!   `redis-benchmark`, reqwest and raw HTTP requests). `stats.rs`: percentiles.
 //!   `data.rs`: the city data sets. `report.rs`: the table, its cell formats, the machine.
+//! - `floor.rs`: the bare HTTP server of rows 11f (this binary, started with `--floor-server`).
 //! - `scenarios/`: one function per measurement, each returning its report rows; [`run`] below
 //!   calls them in the table's order.
 
 mod data;
+mod floor;
 mod load;
 mod procs;
 mod report;
@@ -61,6 +63,9 @@ impl Opts {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = floor::serve_if_asked() {
+        return code;
+    }
     let mut opts = Opts {
         world: true,
         profile: true,
@@ -106,12 +111,17 @@ async fn run(opts: Opts) -> Res<()> {
     let machine = report::machine();
     println!("== machine\n{machine}");
     let ctx = Ctx::start(opts)?;
-    // BENCH_ONLY=change-feed or near-cache: that section alone (the near cache after row 1,
+    // BENCH_ONLY=change-feed, write-mix or near-cache: that section alone (the near cache after row 1,
     // its reference).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("change-feed") => {
             rep.add(change_feed::change_feed(&ctx).await?);
             rep.note(change_feed::NOTE.into());
+            return rep.write(&machine, "", &ctx.svc.run_dir);
+        }
+        Ok("write-mix") => {
+            rep.add(write_mix::write_mix(&ctx).await?);
+            rep.note(write_mix::NOTE.into());
             return rep.write(&machine, "", &ctx.svc.run_dir);
         }
         Ok("near-cache") => {

@@ -286,6 +286,14 @@ impl GuardedRedis {
 /// The error's kind and, for server errors, its code (never a password: the redis crate's
 /// errors carry no connection parameters).
 fn redis_reason(e: &redis::RedisError) -> String {
+    // The crate reports its own response timeout and a refused connect as I/O errors: name
+    // them, so a black-holed Redis reads "timeout" in logs and 503 bodies, not "Io".
+    if e.is_timeout() {
+        return "timeout (Redis did not answer)".into();
+    }
+    if e.is_connection_refusal() {
+        return "connection refused".into();
+    }
     match e.code() {
         Some(code) => format!("{:?} ({code})", e.kind()),
         None => format!("{:?}", e.kind()),

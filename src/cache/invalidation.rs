@@ -10,6 +10,8 @@ use super::{Cache, Inner, Invalidation, keys};
 
 /// Longest pause between two tries of a pending invalidation.
 const RETRY_MAX_DELAY: Duration = Duration::from_millis(250);
+/// While a pending invalidation keeps failing, one warning per this period (not per try).
+const RETRY_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Cache {
     /// Invalidates every cached page of the container by bumping its generation. Call only after
@@ -24,7 +26,11 @@ impl Cache {
     /// recording: the feed then bumps once more, which costs a miss, never a stale read.
     pub async fn invalidate_writes(&self, versions: &[String]) -> Invalidation {
         self.drop_near();
-        match self.try_bump(versions).await {
+        let first = self.try_bump(versions).await;
+        if let Err(failure) = &first {
+            tracing::warn!(reason = %failure, "cache invalidation failed");
+        }
+        match first {
             Ok(()) => return Invalidation::Done,
             // A failover (or an idle close) drops the connection under in-flight commands with
             // an I/O error, and the connection reconnects on the next command: one immediate
@@ -51,15 +57,26 @@ impl Cache {
     async fn retry_invalidation(self) {
         let inner = &self.inner;
         let mut delay = Duration::from_millis(50);
+        let (mut tries, mut last_warn) = (0u64, std::time::Instant::now());
         loop {
             let failures_before = inner.failed_invalidations.load(Ordering::Acquire);
             tokio::time::sleep(delay).await;
-            if self.try_bump(&[]).await.is_ok()
+            let bumped = self.try_bump(&[]).await;
+            tries += 1;
+            if let Err(failure) = &bumped {
+                if last_warn.elapsed() >= RETRY_WARN_EVERY {
+                    last_warn = std::time::Instant::now();
+                    tracing::warn!(reason = %failure, tries, "pending cache invalidation still failing; reads on this instance bypass the cache");
+                } else {
+                    tracing::debug!(reason = %failure, tries, "pending cache invalidation failed");
+                }
+            }
+            if bumped.is_ok()
                 && inner.failed_invalidations.load(Ordering::Acquire) == failures_before
             {
                 inner.invalidation_pending.store(false, Ordering::Release);
                 inner.retry_running.store(false, Ordering::Release);
-                tracing::info!("pending cache invalidation reached Redis");
+                tracing::info!(tries, "pending cache invalidation reached Redis");
                 // A failure may have raced with the two stores above; if so, go on.
                 if inner.failed_invalidations.load(Ordering::Acquire) == failures_before
                     || inner.retry_running.swap(true, Ordering::AcqRel)
@@ -131,10 +148,9 @@ impl Cache {
                 tracing::debug!(generation, "cache invalidated");
                 Ok(())
             }
-            Err(failure) => {
-                tracing::warn!(reason = %failure, "cache invalidation failed");
-                Err(failure)
-            }
+            // Logged by the callers: the first failure as a warning, the background retries'
+            // at most every `RETRY_WARN_EVERY` (one line per try flooded the log in an outage).
+            Err(failure) => Err(failure),
         }
     }
 }

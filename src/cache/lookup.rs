@@ -82,11 +82,12 @@ impl Cache {
         let epoch = match &inner.near {
             Some((near, client)) => {
                 near.ensure_tracking(client, &inner.gen_key);
-                if let Some(body) = near.get(&hash) {
+                if let Some((body, escaped)) = near.get(&hash) {
                     return Ok(Served {
                         body,
                         outcome: CacheOutcome::HitLocal,
                         request_charge: None,
+                        escaped: Some(escaped),
                     });
                 }
                 Some(near.epoch())
@@ -109,6 +110,7 @@ impl Cache {
                         body,
                         outcome: CacheOutcome::Hit,
                         request_charge: None,
+                        escaped: None,
                     });
                 }
                 tracing::warn!("cached value has an unknown format; treating it as a miss");
@@ -180,6 +182,7 @@ impl Cache {
             body: filled.body,
             outcome: CacheOutcome::Bypass,
             request_charge: Some(filled.request_charge),
+            escaped: None,
         })
     }
 }

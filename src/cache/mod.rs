@@ -98,6 +98,8 @@ pub struct Served {
     pub outcome: CacheOutcome,
     /// Request units, when this request caused or joined a Cosmos read.
     pub request_charge: Option<f64>,
+    /// The body's escaped form kept by the near cache (invocation-payload answers).
+    pub escaped: Option<crate::api::EscapedBody>,
 }
 
 /// Outcome of [`Cache::invalidate`].

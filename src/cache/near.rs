@@ -37,6 +37,8 @@ use bytes::Bytes;
 use redis::{PushInfo, PushKind};
 use tokio::sync::Notify;
 
+use crate::api::EscapedBody;
+
 mod tracking;
 
 /// How often the tracking connection is pinged.
@@ -51,6 +53,8 @@ const ENTRY_OVERHEAD_BYTES: u64 = 96;
 #[derive(Clone)]
 struct Entry {
     body: Bytes,
+    /// The body's JSON-string form for invocation-payload answers, escaped on first use.
+    escaped: EscapedBody,
     /// The epoch the page was read under; served only while it is still current.
     epoch: u64,
     /// Entries live no longer than the Redis TTL they were stored with.
@@ -169,8 +173,9 @@ impl NearCache {
         self.state.epoch.load(Ordering::Acquire)
     }
 
-    /// The page of `hash`, when L1 holds it under the current epoch and tracking is live.
-    pub(crate) fn get(&self, hash: &str) -> Option<Bytes> {
+    /// The page of `hash` and its escaped form, when L1 holds it under the current epoch and
+    /// tracking is live.
+    pub(crate) fn get(&self, hash: &str) -> Option<(Bytes, EscapedBody)> {
         if !self.live() {
             return None;
         }
@@ -179,7 +184,7 @@ impl NearCache {
             return None;
         }
         self.state.stats.hits.fetch_add(1, Ordering::Relaxed);
-        Some(entry.body)
+        Some((entry.body, entry.escaped))
     }
 
     /// Keeps `body` as the page of `hash`, read under `epoch`; ignored when the epoch moved
@@ -190,6 +195,7 @@ impl NearCache {
         }
         let entry = Entry {
             body: body.clone(),
+            escaped: EscapedBody::default(),
             epoch,
             expires: Instant::now() + self.state.ttl,
         };

@@ -77,6 +77,7 @@ impl Cache {
                 body: filled.body,
                 outcome: CacheOutcome::Hit,
                 request_charge: None,
+                escaped: None,
             });
         }
         inner.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -84,6 +85,7 @@ impl Cache {
             body: filled.body,
             outcome: CacheOutcome::Miss,
             request_charge: Some(filled.request_charge),
+            escaped: None,
         })
     }
 }

@@ -65,6 +65,17 @@ impl fmt::Debug for RedisTarget {
     }
 }
 
+/// Whether `host` has the shape of an access key rather than a host name: one long DNS label
+/// (no dot) of mixed-case letters and digits. Azure Cache for Redis keys are 44 base64
+/// characters; host names are case-insensitive and rarely mix cases.
+fn looks_like_a_key(host: &str) -> bool {
+    !host.contains('.')
+        && host.len() >= 24
+        && host.chars().any(|c| c.is_ascii_uppercase())
+        && host.chars().any(|c| c.is_ascii_lowercase())
+        && host.chars().any(|c| c.is_ascii_digit())
+}
+
 /// Parses `REDIS_CONNECTION_STRING`: a `redis://` or `rediss://` URL
 /// (`rediss://:password@host:6380/0`), or the Azure portal's "Primary connection string
 /// (StackExchange.Redis)" form `host:6380,password=...,ssl=True,abortConnect=False`
@@ -114,6 +125,10 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
     };
     if host.is_empty() {
         return Err("has an empty host".into());
+    }
+    if looks_like_a_key(host) {
+        // Pasting the access key alone is a common slip; the "host" would then be logged.
+        return Err("looks like an access key, not a host name: use host:port,password=<key>,ssl=True (StackExchange.Redis form) or rediss://:<key>@host:port".into());
     }
     let mut password = None;
     let mut user = None;
@@ -280,5 +295,31 @@ mod tests {
         assert_eq!(u.info.redis_settings().password(), Some("p/w"));
         let plain = parse_redis_connection_string("localhost:6379").expect("bare host");
         assert!(!plain.tls);
+        // Host names users have: a container or Kubernetes service name, a long node name.
+        for host in [
+            "redis",
+            "redis-master-0",
+            "my-cache-7b9f4c6d5-x2k8q:6379",
+            "cache_1",
+        ] {
+            parse_redis_connection_string(host).expect(host);
+        }
+    }
+
+    #[test]
+    fn an_access_key_alone_is_refused_without_echoing_it() {
+        // The shape of an Azure access key (44 base64 characters), with and without its `=`
+        // padding, and the padding lost on a copy.
+        for key in [
+            "Xk9vQ2hR7tLmN4pW8zYb3cDfGh6JkLs1AbCdEfGhIjK=",
+            "Xk9vQ2hR7tLmN4pW8zYb3cDfGh6JkLs1AbCdEfGhIjK",
+            "Xk9vQ2hR7tLmN4pW8zYb3cDf:6380",
+        ] {
+            let e = parse_redis_connection_string(key).expect_err(key);
+            assert!(!e.contains("Xk9vQ2"), "{key}: {e}");
+        }
+        let e = parse_redis_connection_string("Xk9vQ2hR7tLmN4pW8zYb3cDfGh6JkLs1AbCdEfGhIjK")
+            .expect_err("key");
+        assert!(e.contains("access key"), "{e}");
     }
 }

@@ -218,12 +218,7 @@ async fn refresh_loop(shared: Arc<Shared>) {
                 Some(token) => Ok((token, access)),
                 None => Err("the identity endpoint returned an expired token".to_string()),
             },
-            // One line: azure_identity appends a troubleshooting link on a line of its own.
-            Ok(Err(e)) => Err(e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")),
+            Ok(Err(e)) => Err(one_line(&e.to_string())),
             Err(_) => Err(format!(
                 "no answer within {} ms",
                 policy.attempt_timeout.as_millis()
@@ -315,3 +310,17 @@ impl TokenCredential for TokenSource {
 
 #[cfg(test)]
 mod tests;
+
+/// Longest error text kept from a failed token request, in characters.
+const ERROR_TEXT_MAX: usize = 300;
+
+/// `text` on one line (azure_identity appends a troubleshooting link on a line of its own),
+/// at most [`ERROR_TEXT_MAX`] characters: the text may quote the identity endpoint's error
+/// body, which is not ours to log at any length.
+fn one_line(text: &str) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(ERROR_TEXT_MAX) {
+        Some((cut, _)) => format!("{}… (cut)", &joined[..cut]),
+        None => joined,
+    }
+}

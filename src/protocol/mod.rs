@@ -78,6 +78,9 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
     }
     router
         .fallback(not_found)
+        // e.g. `GET /invalidate` or `GET /query` (payload mode is POST only): a JSON 405, not
+        // axum's empty one.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(ENVELOPE_LIMIT))
         .with_state(state)
 }
@@ -117,6 +120,10 @@ async fn not_found() -> Response {
     AppError::NotFound("no such function".into())
         .into_api_response()
         .into_http()
+}
+
+async fn method_not_allowed() -> Response {
+    AppError::MethodNotAllowed.into_api_response().into_http()
 }
 
 /// Dispatches and writes the one log line per invocation; returns the line for `Logs`.

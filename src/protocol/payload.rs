@@ -54,46 +54,30 @@ pub(super) async fn invocation(
 }
 
 /// The `{Outputs, Logs, ReturnValue}` envelope of §5 for `response`, serialized. `statusCode`
-/// is a string and `body` is the already-serialized JSON text, so the host writes it verbatim
-/// (§5.4). Serialized from borrowed parts: the page is escaped once, not copied first.
+/// is a string and `body` is the already-serialized JSON text as a JSON string, so the host
+/// writes it verbatim (§5.4). Written piece by piece so that the body's escaped form, when the
+/// near cache keeps one ([`ApiResponse::escaped`]), is copied in rather than escaped again.
 pub fn invocation_result(response: &ApiResponse, log_line: &str) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Envelope<'a> {
-        #[serde(rename = "Outputs")]
-        outputs: Outputs<'a>,
-        #[serde(rename = "Logs")]
-        logs: [&'a str; 1],
-        #[serde(rename = "ReturnValue")]
-        return_value: Option<()>,
-    }
-    #[derive(serde::Serialize)]
-    struct Outputs<'a> {
-        // The `res` output binding of both function.json files (HTTP_OUTPUT).
-        res: HttpOutput<'a>,
-    }
-    #[derive(serde::Serialize)]
-    struct HttpOutput<'a> {
-        #[serde(rename = "statusCode")]
-        status_code: &'a str,
-        headers: std::collections::BTreeMap<&'static str, String>,
-        body: std::borrow::Cow<'a, str>,
-    }
+    let body = match &response.escaped {
+        Some(escaped) => escaped.literal(&response.body),
+        None => crate::api::escape(&response.body),
+    };
     let mut headers = std::collections::BTreeMap::new();
     headers.insert("Content-Type", "application/json".to_string());
     headers.extend(response.extra_headers());
-    let envelope = Envelope {
-        outputs: Outputs {
-            res: HttpOutput {
-                status_code: response.status.as_str(),
-                headers,
-                body: String::from_utf8_lossy(&response.body),
-            },
-        },
-        logs: [log_line],
-        return_value: None,
-    };
-    // Serializing strings and a map of strings cannot fail.
-    serde_json::to_vec(&envelope).unwrap_or_default()
+    let mut out = Vec::with_capacity(body.len() + log_line.len() + 256);
+    // Writing strings and a map of strings into a Vec cannot fail. Key order as in §5.2's
+    // example: `Outputs` (`res`: `statusCode`, `headers`, `body`), `Logs`, `ReturnValue`.
+    out.extend_from_slice(br#"{"Outputs":{"res":{"statusCode":"#);
+    let _ = serde_json::to_writer(&mut out, response.status.as_str());
+    out.extend_from_slice(br#","headers":"#);
+    let _ = serde_json::to_writer(&mut out, &headers);
+    out.extend_from_slice(br#","body":"#);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(br#"}},"Logs":"#);
+    let _ = serde_json::to_writer(&mut out, &[log_line]);
+    out.extend_from_slice(br#","ReturnValue":null}"#);
+    out
 }
 
 /// Reads the client request out of an invocation payload, leniently as §4 says: `Query` may

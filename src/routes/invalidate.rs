@@ -117,30 +117,25 @@ pub async fn invocation(
     let batch = match body {
         Ok(body) => parse_batch(&body),
         // Larger than the envelope limit: certainly changes, none readable. Bump.
-        Err(_) => Batch::Changes {
-            count: 0,
-            versions: None,
-        },
+        Err(_) => Batch::Malformed("larger than the handler's request limit".into()),
     };
-    let (count, versions) = match batch {
-        Batch::Changes { count, versions } => (count, versions),
+    // `changes` is how the log lines and `Logs` describe the batch.
+    let (count, changes, versions) = match batch {
+        Batch::Changes { count, versions } => (count, format!("{count} change(s)"), versions),
         Batch::Empty => return result(200, "invalidate: empty batch, nothing to do"),
         Batch::Malformed(why) => {
             tracing::warn!(reason = %why, "change-feed batch not readable: invalidating anyway");
-            (0, None)
+            (0, format!("an unreadable batch ({why})"), None)
         }
     };
     match state.cache.invalidate_changes(versions.as_deref()).await {
         Ok(FeedInvalidation::Bumped) => {
             tracing::info!(changes = count, "change feed: cache invalidated");
-            result(
-                200,
-                &format!("invalidate: {count} change(s), cache invalidated"),
-            )
+            result(200, &format!("invalidate: {changes}, cache invalidated"))
         }
         Ok(FeedInvalidation::OwnWrites) => result(
             200,
-            &format!("invalidate: {count} change(s), all written through update: no bump"),
+            &format!("invalidate: {changes}, all written through update: no bump"),
         ),
         Err(e) => {
             tracing::warn!(changes = count, error = %e, "change feed: invalidation failed; the host retries the batch");

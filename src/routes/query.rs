@@ -96,6 +96,7 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     let mut response = ApiResponse::json(StatusCode::OK, served.body);
     response.cache = Some(served.outcome);
     response.request_charge = served.request_charge;
+    response.escaped = served.escaped;
     Ok(response)
 }
 

@@ -132,7 +132,7 @@ pub async fn hits(ctx: &Ctx, h: &Handler, redis_rps: f64, mem: &mut Samples) -> 
 }
 
 /// Writes the wrk Lua script that POSTs `payload` with the host's headers.
-fn write_payload_script(lua: &Path, payload: &str) -> Res<()> {
+pub(crate) fn write_payload_script(lua: &Path, payload: &str) -> Res<()> {
     std::fs::write(
         lua,
         format!(
@@ -149,7 +149,7 @@ fn write_payload_script(lua: &Path, payload: &str) -> Res<()> {
 
 /// The invocation-payload body the host would send for `GET /api/query?<query>`, built by the
 /// host emulator's own code from the repository's `function.json`.
-fn invocation_payload(root: &Path, query: &str) -> Res<String> {
+pub(crate) fn invocation_payload(root: &Path, query: &str) -> Res<String> {
     let functions = host_emulator::load_functions(root).map_err(|e| e.to_string())?;
     let function = functions
         .iter()

@@ -7,6 +7,7 @@ pub mod change_feed;
 pub mod hits;
 pub mod misses;
 pub mod near_cache;
+mod near_sweep;
 pub mod profile;
 pub mod rss;
 pub mod scale;

@@ -1,6 +1,6 @@
 //! Rows 9: read/write mixes (0, 1, 10 and 50 % writes) offered open-loop at a fixed rate, with
-//! Zipf(1) reads over the 1,000 cities, on a handler with its cache and on one without Redis:
-//! hit rate, request units and latency.
+//! Zipf(1) reads over the 1,000 cities, on a handler with its cache, one with the near cache (L1)
+//! on as well, and one without Redis: hit rate, request units and latency.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,20 +35,24 @@ pub async fn write_mix(ctx: &Ctx) -> Res<Vec<Row>> {
     let secs: f64 = if ctx.opts.quick { 3.0 } else { 8.0 };
     let svc = &ctx.svc;
     let on = svc.start_handler(&ctx.cfg).await?;
+    let l1_bytes = super::near_cache::L1_BYTES.to_string();
+    let near = svc
+        .start_handler(&ctx.cfg.with(&[("CACHE_LOCAL_MAX_BYTES", &l1_bytes)]))
+        .await?;
     let off = svc.start_handler(&ctx.cfg.without_redis()).await?;
     let cities = &ctx.cities;
     let zipf = zipf(cities.len(), 1.0)?;
     let mut rows = Vec::new();
     for (i, write_pct) in [0u32, 1, 10, 50].into_iter().enumerate() {
         let mut results = Vec::new();
-        for (label, h) in [("cache", &on), ("no cache", &off)] {
+        for (label, h) in [("cache", &on), ("cache + L1", &near), ("no cache", &off)] {
             svc.flush_redis()?;
             // Seeded per mix, so every run (and both handlers) draws the same requests.
             let mut rng = StdRng::seed_from_u64(42 + i as u64);
             let o = open_loop(&ctx.http, &h.base, secs, write_pct, cities, &zipf, &mut rng).await;
             results.push((label, o));
         }
-        let none = &results[1].1;
+        let none = &results[2].1;
         for (label, o) in &results {
             rows.push(Row {
                 id: "9",
@@ -60,8 +64,13 @@ pub async fn write_mix(ctx: &Ctx) -> Res<Vec<Row>> {
                     cities.len()
                 ),
                 result: format!(
-                    "hit rate {:.1} %; {:.1} RU/s; {} reads, {} writes; write p50 {}; {:.0} req/s done{}",
+                    "hit rate {:.1} %{}; {:.1} RU/s; {} reads, {} writes; write p50 {}; {:.0} req/s done{}",
                     o.hit_rate * 100.0,
+                    if *label == "cache + L1" {
+                        format!(" ({:.1} % from L1)", o.local_rate * 100.0)
+                    } else {
+                        String::new()
+                    },
                     o.ru_per_s,
                     o.reads,
                     o.writes,
@@ -75,7 +84,7 @@ pub async fn write_mix(ctx: &Ctx) -> Res<Vec<Row>> {
                 ),
                 p50: msf(o.read_p50),
                 p99: msf(o.read_p99),
-                ratio: if *label == "cache" {
+                ratio: if *label != "no cache" {
                     format!(
                         "RU/s {:.2}, read p50 {:.2} of no cache",
                         o.ru_per_s / none.ru_per_s,
@@ -101,6 +110,8 @@ pub(crate) struct MixOut {
     pub(crate) reads: usize,
     pub(crate) writes: usize,
     pub(crate) hit_rate: f64,
+    /// Share of reads answered from the near cache (L1).
+    pub(crate) local_rate: f64,
     pub(crate) read_p50: f64,
     pub(crate) read_p99: f64,
     write_p50: f64,
@@ -154,6 +165,7 @@ pub(crate) async fn open_loop(
         }));
     }
     let (mut rl, mut wl, mut hits, mut ru, mut errors) = (Vec::new(), Vec::new(), 0, 0.0, 0);
+    let mut local = 0;
     for t in tasks {
         let Ok((write, r)) = t.await else {
             continue;
@@ -163,7 +175,8 @@ pub(crate) async fn open_loop(
         if write {
             wl.push(r.ms);
         } else {
-            hits += usize::from(r.cache == "hit");
+            hits += usize::from(r.cache == "hit" || r.cache == "hit-local");
+            local += usize::from(r.cache == "hit-local");
             rl.push(r.ms);
         }
     }
@@ -172,6 +185,7 @@ pub(crate) async fn open_loop(
         reads: rl.len(),
         writes: wl.len(),
         hit_rate: hits as f64 / rl.len().max(1) as f64,
+        local_rate: local as f64 / rl.len().max(1) as f64,
         read_p50: pct(&rl, 50.0),
         read_p99: pct(&rl, 99.0),
         write_p50: pct(&wl, 50.0),

@@ -75,3 +75,15 @@ async fn an_expired_token_is_a_failure_and_readers_fail_fast() {
     );
     assert!(source.loop_running());
 }
+
+#[test]
+fn failure_text_is_one_bounded_line() {
+    let body = "error: ".to_string() + &"é".repeat(1_000) + "\nhttps://aka.ms/troubleshoot";
+    let line = super::one_line(&body);
+    assert!(!line.contains('\n'));
+    assert_eq!(
+        line.chars().count(),
+        super::ERROR_TEXT_MAX + "… (cut)".chars().count()
+    );
+    assert_eq!(super::one_line("short\n  text"), "short text");
+}
