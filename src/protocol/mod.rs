@@ -126,8 +126,13 @@ async fn method_not_allowed() -> Response {
     AppError::MethodNotAllowed.into_api_response().into_http()
 }
 
-/// Dispatches and writes the one log line per invocation; returns the line for `Logs`.
-async fn run(state: &AppState, request: &ApiRequest, mode: &'static str) -> (ApiResponse, String) {
+/// Dispatches and writes the one log line per invocation; in payload mode also returns the
+/// line for `Logs` (forwarded answers have no `Logs`, so the line is not built for them).
+async fn run(
+    state: &AppState,
+    request: &ApiRequest,
+    mode: &'static str,
+) -> (ApiResponse, Option<String>) {
     let started = Instant::now();
     let response = routes::dispatch(state, request).await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -145,15 +150,17 @@ async fn run(state: &AppState, request: &ApiRequest, mode: &'static str) -> (Api
         invocation_id,
         "invocation"
     );
-    let line = format!(
-        "{} {} -> {} cache={} {:.2}ms RU={:.2}",
-        request.function.name(),
-        request.method,
-        response.status.as_u16(),
-        cache,
-        duration_ms,
-        ru
-    );
+    let line = (mode == "payload").then(|| {
+        format!(
+            "{} {} -> {} cache={} {:.2}ms RU={:.2}",
+            request.function.name(),
+            request.method,
+            response.status.as_u16(),
+            cache,
+            duration_ms,
+            ru
+        )
+    });
     (response, line)
 }
 

@@ -45,7 +45,8 @@ pub(super) async fn invocation(
             format!("{} -> 413 body too large", function.name()),
         )
     } else {
-        run(&state, &request, "payload").await
+        let (response, line) = run(&state, &request, "payload").await;
+        (response, line.unwrap_or_default())
     };
     json_response(
         StatusCode::OK,
