@@ -241,8 +241,9 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
-    /// The near cache when `CACHE_LOCAL_MAX_BYTES` > 0 and Redis is not a cluster, with the
-    /// client of its tracking connection (RESP3, for invalidation pushes).
+    /// The near cache when `CACHE_LOCAL_MAX_BYTES` > 0 (and Redis is not reached with Entra ID
+    /// tokens), with the client of its tracking connection (RESP3, for invalidation pushes; in a
+    /// cluster, the seed node, from which the tracking task follows `MOVED` to the slot's owner).
     fn near_cache(
         target: &RedisTarget,
         settings: &CacheSettings,
@@ -255,13 +256,6 @@ impl Cache {
             tracing::warn!(
                 "near cache off: CACHE_LOCAL_MAX_BYTES is set but its tracking connection does \
                  not authenticate with Microsoft Entra ID tokens yet"
-            );
-            return Ok(None);
-        }
-        if target.cluster {
-            tracing::warn!(
-                "near cache off: CACHE_LOCAL_MAX_BYTES is set but tracking on a clustered Redis \
-                 (REDIS_CLUSTER=true) is not implemented yet"
             );
             return Ok(None);
         }

@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 
 use crate::api::EscapedBody;
 
+mod target;
 mod tracking;
 
 /// How often the tracking connection is pinged.

@@ -146,9 +146,21 @@ async fn clustered_redis_caches_and_invalidates() {
 /// no instance may serve it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
+    shard_failover_to_a_lagging_replica(&[]).await;
+}
+
+/// The same with the near cache on: its tracking connection, on the demoted primary, is
+/// redirected (`MOVED`) by its heartbeat and follows the slot to the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_failover_with_the_near_cache_serves_no_stale_page() {
+    shard_failover_to_a_lagging_replica(&[("CACHE_LOCAL_MAX_BYTES", "8000000")]).await;
+}
+
+async fn shard_failover_to_a_lagging_replica(extra_env: &[(&str, &str)]) {
+    let near = !extra_env.is_empty();
     let cluster = LocalCluster::start_with(6, 1);
     let first = format!("redis://127.0.0.1:{}", cluster.nodes[0].port);
-    let mut stack = Stack::services(Mode::Forwarding, true, &[]);
+    let mut stack = Stack::services(Mode::Forwarding, true, extra_env);
     stack.set_env("REDIS_CONNECTION_STRING", &first);
     stack.set_env("REDIS_CLUSTER", "true");
     stack.start_handler().await;
@@ -270,7 +282,15 @@ async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
             "older data (x-cache: {}) after {seen:?}",
             reply.cache()
         );
-        if reply.cache() == "hit" {
+        // With L1, the page this instance read after its own write may still be served from
+        // memory (it is the new page); hits from Redis must come back, and then L1 on the new
+        // owner.
+        let done = if near {
+            reply.cache() == "hit-local" && seen.iter().any(|c| c == "hit")
+        } else {
+            reply.cache() == "hit"
+        };
+        if done {
             break;
         }
         seen.push(reply.cache().to_string());
@@ -278,5 +298,128 @@ async fn shard_failover_to_a_lagging_replica_serves_no_stale_hit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("hits resumed after {:?}: {seen:?}", started.elapsed());
+    if near {
+        // The tracking connection sat on the demoted primary; its next heartbeat is redirected
+        // (`MOVED`) and tracking starts again on the promoted replica.
+        let moved = Instant::now();
+        loop {
+            let local = stack.diagnostics().await["cache"]["local"].clone();
+            if local["trackingStarts"].as_u64().expect("starts") >= 2 {
+                println!(
+                    "tracking on the new owner {:?} later: {local}",
+                    moved.elapsed()
+                );
+                break;
+            }
+            assert!(
+                moved.elapsed() < Duration::from_secs(2),
+                "tracking did not move to the new owner: {local}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after = stack.get(texas).await;
+        let austin = after.json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|c| c["city"] == "Austin")
+            .map(|c| c["population"].clone());
+        assert_eq!(austin, Some(serde_json::json!(5)), "{}", after.cache());
+    }
+    stack.shutdown().await;
+}
+
+/// The near cache on a cluster: the tracking connection is opened through a node that does
+/// *not* own the container's slot (the handler must follow `MOVED` to the owner, or it would
+/// hear no invalidation), and writes made by another instance are never hidden from reads that
+/// start 10 ms after the writer's `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_on_a_cluster_tracks_the_slot_owner() {
+    use axum::body::Body;
+    use axum::http::Request;
+
+    use crate::support::stack::Reply;
+
+    let cluster = LocalCluster::start();
+    let mut stack = Stack::services(
+        Mode::Forwarding,
+        true,
+        &[
+            ("CACHE_LOCAL_MAX_BYTES", "8000000"),
+            ("REDIS_CLUSTER", "true"),
+        ],
+    );
+    let gen_key = format!("cc:{}:gen", stack.key_tag());
+    // A node that answers MOVED for the generation key: not the slot's owner.
+    let seed = cluster
+        .nodes
+        .iter()
+        .find(|n| {
+            redis::cmd("EXISTS")
+                .arg(&gen_key)
+                .query::<i64>(&mut n.connection())
+                .is_err()
+        })
+        .expect("a node that does not own the slot");
+    stack.set_env(
+        "REDIS_CONNECTION_STRING",
+        &format!("redis://127.0.0.1:{}", seed.port),
+    );
+    stack.start_handler().await;
+    let writer = cosmos_cache_handler::router(stack.app_state(), "api");
+    let texas = "query?state=Texas";
+    let austin = |reply: &Reply| {
+        reply.json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|c| c["city"] == "Austin")
+            .and_then(|c| c["population"].as_u64())
+    };
+    let until_local = || async {
+        let started = Instant::now();
+        loop {
+            let reply = stack.get(texas).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            if reply.cache() == "hit-local" {
+                return reply;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no hit-local on a cluster (last: {})",
+                reply.cache()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (mut stale, mut reads) = (0, 0);
+    for population in 8_000_001..8_000_051u64 {
+        until_local().await;
+        let body = format!(
+            r#"{{"id":"austin-texas","city":"Austin","state":"Texas","population":{population}}}"#
+        );
+        let request = Request::post("/api/update")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        let reply = Reply::from_router(&writer, request).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..2 {
+            let read = stack.get(texas).await;
+            reads += 1;
+            if austin(&read) != Some(population) {
+                stale += 1;
+            }
+        }
+    }
+    let local = stack.diagnostics().await["cache"]["local"].clone();
+    println!(
+        "cluster, tracking via a non-owner seed: 50 writes on instance B, {reads} reads on A \
+         ≥ 10 ms after each 200: {stale} stale; L1 counters {local}"
+    );
+    assert_eq!(stale, 0);
+    assert!(local["pushes"].as_u64().expect("pushes") >= 50, "{local}");
+    assert!(local["hits"].as_u64().expect("hits") >= 50, "{local}");
     stack.shutdown().await;
 }

@@ -1,15 +1,16 @@
-//! The near cache's tracking connection: RESP3, `CLIENT TRACKING ON BCAST PREFIX <gen key>`,
-//! a `PING` every [`HEARTBEAT_INTERVAL`], and a fresh start after any failure (see the parent
-//! module for why this keeps L1 correct).
+//! The near cache's tracking connection: RESP3, `CLIENT TRACKING ON BCAST PREFIX <gen key>` on
+//! the node that holds the generation key (see `target.rs`), a heartbeat every
+//! [`HEARTBEAT_INTERVAL`], and a fresh start after any failure (see the parent module for why
+//! this keeps L1 correct).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo};
 
-use super::{HEARTBEAT_BOUND, HEARTBEAT_INTERVAL, State};
+use super::{HEARTBEAT_BOUND, HEARTBEAT_INTERVAL, State, target};
 
 /// Longest pause between two attempts to re-establish tracking.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
@@ -34,7 +35,7 @@ pub(super) async fn track(state: Weak<State>, client: redis::Client, gen_key: St
                 delay = Duration::from_millis(50);
                 s.stats.tracking_starts.fetch_add(1, Ordering::Relaxed);
                 drop(s);
-                heartbeat(&state, &mut conn).await;
+                heartbeat(&state, &mut conn, &gen_key).await;
                 let Some(s) = state.upgrade() else { return };
                 s.lose_tracking();
                 s.stats.tracking_losses.fetch_add(1, Ordering::Relaxed);
@@ -54,12 +55,15 @@ pub(super) async fn track(state: Weak<State>, client: redis::Client, gen_key: St
     }
 }
 
-/// One tracking connection, with tracking on and the first heartbeat answered.
+/// One tracking connection to the generation key's node, with tracking on.
 async fn start_tracking(
     s: &Arc<State>,
-    client: &redis::Client,
+    seed: &redis::Client,
     gen_key: &str,
 ) -> Result<MultiplexedConnection, TrackError> {
+    let client = target::slot_owner(seed, gen_key, HEARTBEAT_BOUND * 4)
+        .await
+        .map_err(|e| classify(&e))?;
     let weak = Arc::downgrade(s);
     let sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
         if let Some(s) = weak.upgrade() {
@@ -92,8 +96,11 @@ async fn start_tracking(
     Ok(conn)
 }
 
-/// Pings until a `PING` fails or the connection reports a disconnection.
-async fn heartbeat(state: &Weak<State>, conn: &mut MultiplexedConnection) {
+/// Sends `EXISTS <gen key>` every [`HEARTBEAT_INTERVAL`] until one fails, times out or is
+/// redirected, or the connection reports a disconnection. `EXISTS` rather than `PING`: in a
+/// cluster, a node that no longer owns the slot (failover, resharding) answers it with
+/// `MOVED`, which ends tracking there; ordered after earlier pushes just as a `PONG` is.
+async fn heartbeat(state: &Weak<State>, conn: &mut MultiplexedConnection, gen_key: &str) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -103,9 +110,10 @@ async fn heartbeat(state: &Weak<State>, conn: &mut MultiplexedConnection) {
             () = s.disconnected.notified() => return,
         }
         let sent_ms = s.now_ms();
+        // `query_async`, not `req_packed_command`: the latter hands back a `MOVED` as a value.
         let ping = tokio::time::timeout(
             HEARTBEAT_BOUND,
-            conn.req_packed_command(&redis::cmd("PING")),
+            redis::cmd("EXISTS").arg(gen_key).query_async::<i64>(conn),
         )
         .await;
         match ping {
@@ -115,6 +123,10 @@ async fn heartbeat(state: &Weak<State>, conn: &mut MultiplexedConnection) {
                 if s.fresh_as_of_ms.load(Ordering::Acquire) == u64::MAX {
                     return;
                 }
+            }
+            Ok(Err(e)) if e.redirect_node().is_some() => {
+                tracing::info!("near cache: the generation key's slot moved; tracking follows it");
+                return;
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "near cache: tracking connection failed; L1 dropped");
