@@ -166,6 +166,7 @@ impl Run {
         let path = format!("query?state={}&maxItemCount=1000", STATES[s]);
         let started = Instant::now();
         let reply = instances::get(&self.fleet[by], &path).await;
+        let took = started.elapsed();
         let ok = reply.status == 200;
         let seen = if ok {
             let page: Page = serde_json::from_str(&reply.text)
@@ -195,6 +196,7 @@ impl Run {
                 cache,
                 seen,
                 ok,
+                took,
             },
         ));
         self.reads_done.fetch_add(1, Ordering::SeqCst);
@@ -202,15 +204,14 @@ impl Run {
 
     /// Runs the writers to the plan's count, each instance's readers (so a slow instance
     /// does not hold up the others' reads) until the plan's reads are done and the writers
-    /// are; with `alongside` (the chaos phases), until it ends. With `bursts`
-    /// `(cycle, on)`, writes happen only in the first `on` of every `cycle` (from the start),
-    /// so that L1 fills between bursts. With `pause`, each reader waits that long between
+    /// are; with `alongside` (the chaos phases), until it ends. With `bursts`, writes
+    /// happen only in their windows, so that L1 fills between them. With `pause`, each reader waits that long between
     /// reads (a bounded read rate leaves the two workers time to run the proxy and the
     /// heartbeats on time, which the chaos run measures).
     async fn drive(
         self: &Arc<Self>,
         plan: Plan,
-        bursts: Option<(Duration, Duration)>,
+        bursts: Option<Bursts>,
         pause: Option<Duration>,
         alongside: Option<impl Future<Output = ()>>,
     ) {
@@ -222,12 +223,8 @@ impl Run {
                 while !run.stop.load(Ordering::SeqCst)
                     && run.claimed.fetch_add(1, Ordering::SeqCst) < plan.writes
                 {
-                    if let Some((cycle, on)) = bursts {
-                        let into = start.elapsed().as_nanos() % cycle.as_nanos();
-                        if into >= on.as_nanos() {
-                            let left = cycle.as_nanos() - into;
-                            tokio::time::sleep(Duration::from_nanos(left as u64)).await;
-                        }
+                    if let Some(bursts) = bursts {
+                        tokio::time::sleep(bursts.wait(start.elapsed())).await;
                     }
                     run.write().await;
                 }
@@ -326,12 +323,41 @@ async fn near_checker_instances_never_serve_settled_writes_stale() {
     );
 }
 
-/// Write bursts in the chaos run: the first 150 ms of every 500 ms, so that instance 0's L1
-/// fills between bursts even over a delayed path (a write moves the generation, and every
-/// page with it; under back-to-back writes L1 would rarely hold a page to be stale).
-/// Phases last whole cycles, so each phase starts with a burst: the black hole opens on a
-/// warm L1 just as writes begin, the case the heartbeat bound is about.
-const BURSTS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_millis(150));
+/// Write bursts in the chaos run: from 50 ms to 200 ms of every 500 ms, so that instance 0's
+/// L1 fills between bursts even over a delayed path (a write moves the generation, and every
+/// page with it; under back-to-back writes L1 would rarely hold a page to be stale). Phases
+/// last whole cycles, so each phase starts 50 ms before a burst: the black hole opens on a
+/// warm L1 with no invalidation on its way, and writes begin just after, the case the
+/// heartbeat bound is about. (Were the two simultaneous, the push of the burst's first write
+/// would often pass before the hole opened and empty L1, leaving nothing to be stale.)
+const BURSTS: Bursts = Bursts {
+    cycle: Duration::from_millis(500),
+    from: Duration::from_millis(50),
+    to: Duration::from_millis(200),
+};
+
+/// Writes happen only between `from` and `to` of every `cycle` (counted from the start).
+#[derive(Debug, Clone, Copy)]
+struct Bursts {
+    cycle: Duration,
+    from: Duration,
+    to: Duration,
+}
+
+impl Bursts {
+    /// How long to wait before a write may start, `elapsed` into the run.
+    fn wait(&self, elapsed: Duration) -> Duration {
+        let cycle = self.cycle.as_nanos();
+        let into = Duration::from_nanos((elapsed.as_nanos() % cycle) as u64);
+        if into < self.from {
+            self.from - into
+        } else if into >= self.to {
+            self.cycle - into + self.from
+        } else {
+            Duration::ZERO
+        }
+    }
+}
 
 /// Each reader's pause between reads in the chaos run (see [`Run::drive`]).
 const READ_PAUSE: Duration = Duration::from_millis(2);

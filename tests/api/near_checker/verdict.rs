@@ -41,6 +41,8 @@ pub struct Read {
     pub seen: Vec<(usize, u64)>,
     /// Whether the answer was a 200.
     pub ok: bool,
+    /// How long the answer took.
+    pub took: Duration,
 }
 
 /// How a stale read relates to the write it missed.
