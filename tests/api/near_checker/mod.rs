@@ -455,12 +455,13 @@ async fn near_checker_delayed_or_silent_tracking_stays_within_the_heartbeat_boun
         let zero = &phase.instances[0];
         println!(
             "  phase {name}: #0 {} reads, {:.1}% hit-local, {} failed, {} stale (worst lag \
-             {:?}); all instances: (a) {} (b) {} (c) {}",
+             {:?}), slowest answer {:?}; all instances: (a) {} (b) {} (c) {}",
             zero.reads,
             zero.local_share(),
             zero.failed,
             zero.stale,
             zero.worst_lag,
+            zero.slowest,
             phase.count(Class::SameInstance),
             phase.count(Class::OtherSettled),
             phase.count(Class::OtherRacing),

@@ -71,6 +71,8 @@ pub struct PerInstance {
     pub classes: BTreeMap<Class, usize>,
     /// The longest lag of a stale read on this instance.
     pub worst_lag: Duration,
+    /// The slowest answer, failed or not.
+    pub slowest: Duration,
 }
 
 impl PerInstance {
@@ -178,6 +180,7 @@ pub fn judge(cities: usize, instances: usize, writes: &[Write], reads: &[Read]) 
     };
     for read in reads {
         let counters = &mut verdict.instances[read.by];
+        counters.slowest = counters.slowest.max(read.took);
         if !read.ok {
             counters.failed += 1;
             continue;
