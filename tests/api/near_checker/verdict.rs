@@ -141,14 +141,17 @@ impl Verdict {
         format!(
             "{} reads and {writes} acknowledged writes on {} instances in {elapsed:.1?}, \
              {:.1}% of reads served from L1 ({}). Stale reads: (a) same instance as the \
-             writer: {}; (b) another instance, started ≥ {SETTLE:?} after the writer's 200: {}; \
-             (c) another instance, started < {SETTLE:?} after it: {} (worst lag {:?}).",
+             writer: {} (worst lag {:?}); (b) another instance, started ≥ {SETTLE:?} after the \
+             writer's 200: {} (worst lag {:?}); (c) another instance, started < {SETTLE:?} \
+             after it: {} (worst lag {:?}).",
             self.reads(),
             self.instances.len(),
             self.local_share(),
             per_instance.join("; "),
             self.count(Class::SameInstance),
+            self.worst(Class::SameInstance),
             self.count(Class::OtherSettled),
+            self.worst(Class::OtherSettled),
             self.count(Class::OtherRacing),
             self.worst(Class::OtherRacing),
         )
