@@ -235,3 +235,58 @@ pub fn judge(cities: usize, instances: usize, writes: &[Write], reads: &[Read]) 
     }
     verdict
 }
+
+/// The verdict on hand-made logs: each class, and the reads that are not stale.
+#[test]
+fn classifies_missed_writes() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let write = |city, version, acked, by| Write {
+        city,
+        version,
+        acked: at(acked),
+        by,
+    };
+    // City 0: v1 on #0 acked at 100 ms, v2 on #1 at 200 ms. City 1: v3 on #1 at 300 ms.
+    let writes = [
+        write(0, 1, 100, 0),
+        write(0, 2, 200, 1),
+        write(1, 3, 300, 1),
+    ];
+    let read = |started, by, seen: &[(usize, u64)]| Read {
+        started: at(started),
+        by,
+        cache: "hit-local".into(),
+        seen: seen.to_vec(),
+        ok: true,
+        took: Duration::ZERO,
+    };
+    let reads = [
+        // Misses #0's own v1 (and #1's v2): same instance, lag from the oldest (v1).
+        read(250, 0, &[(0, 0), (1, 0)]),
+        // Sees v1, misses v2 15 ms after its 200 on another instance: settled.
+        read(215, 2, &[(0, 1), (1, 0)]),
+        // Misses v3 4 ms after its 200: racing.
+        read(304, 2, &[(0, 2), (1, 0)]),
+        // Up to date, or started before the 200 of what it missed: not stale.
+        read(400, 2, &[(0, 2), (1, 3)]),
+        read(299, 2, &[(0, 2), (1, 0)]),
+        // Newer than anything acknowledged (a write in flight): not stale.
+        read(150, 2, &[(0, 2), (1, 0)]),
+    ];
+    let verdict = judge(2, 3, &writes, &reads);
+    assert_eq!(verdict.count(Class::SameInstance), 1);
+    assert_eq!(
+        verdict.worst(Class::SameInstance),
+        Duration::from_millis(150)
+    );
+    assert_eq!(verdict.count(Class::OtherSettled), 1);
+    assert_eq!(
+        verdict.worst(Class::OtherSettled),
+        Duration::from_millis(15)
+    );
+    assert_eq!(verdict.count(Class::OtherRacing), 1);
+    assert_eq!(verdict.worst(Class::OtherRacing), Duration::from_millis(4));
+    assert_eq!(verdict.instances[2].stale, 2);
+    assert_eq!(verdict.reads(), 6);
+}
