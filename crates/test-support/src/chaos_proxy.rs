@@ -1,8 +1,9 @@
 //! A TCP chaos proxy in front of a real server (as crates.io does for its database): it passes
 //! bytes through, or delays them (a slow path), or cuts every connection (an idle close, as
 //! Azure Cache for Redis does after 10 idle minutes), or turns into a black hole (connections
-//! open, nothing answers). It can also switch its upstream while clients keep using its address, as Azure's endpoint does
-//! when a replica is promoted ([`ChaosProxy::switch_upstream`]).
+//! open, nothing answers). It can also switch its upstream while clients keep using its
+//! address, as Azure's endpoint does when a replica is promoted
+//! ([`ChaosProxy::switch_upstream`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
