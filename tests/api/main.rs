@@ -36,6 +36,7 @@ mod herds;
 mod isolation;
 mod keyless;
 mod near_cache;
+mod near_checker;
 mod paging;
 mod publish;
 mod query;

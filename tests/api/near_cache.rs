@@ -6,13 +6,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::Request;
 use serde_json::{Value, json};
 
 use crate::support::chaos_proxy::{Behaviour, ChaosProxy};
-use crate::support::stack::Reply;
-use crate::support::{Mode, Stack};
+use crate::support::{Mode, Stack, instances};
 
 both_modes!(own_writes_are_read_at_once_and_hot_pages_skip_redis);
 
@@ -83,25 +80,8 @@ async fn own_writes_are_read_at_once_and_hot_pages_skip_redis(mode: Mode) {
     stack.shutdown().await;
 }
 
-/// A second handler instance in this process, with L1 on, reaching Redis at `redis_url`.
-fn second_instance(stack: &Stack, redis_url: &str) -> axum::Router {
-    let mut env = stack.handler_env();
-    env.retain(|(k, _)| k != "REDIS_CONNECTION_STRING");
-    env.push(("REDIS_CONNECTION_STRING".into(), redis_url.into()));
-    let settings = cosmos_cache_handler::config::Settings::from_lookup(|name| {
-        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    })
-    .expect("settings");
-    let state = cosmos_cache_handler::build_state(&settings).expect("state");
-    cosmos_cache_handler::router(state, "api")
-}
-
 async fn write_on(app: &axum::Router, population: u64) {
-    let request = Request::post("/api/update")
-        .header("content-type", "application/json")
-        .body(Body::from(austin(population).to_string()))
-        .expect("request");
-    let reply = Reply::from_router(app, request).await;
+    let reply = instances::post(app, "update", &austin(population).to_string()).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
@@ -110,7 +90,7 @@ async fn write_on(app: &axum::Router, population: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_on_another_instance_invalidate_l1_within_10_ms() {
     let stack = Stack::start_with(Mode::Forwarding, true, &[L1]).await;
-    let writer = second_instance(&stack, &stack.redis.url());
+    let writer = stack.instance(&[]);
     let (mut stale, mut local_hits, mut reads) = (0, 0, 0);
     for population in 6_000_001..6_000_101u64 {
         // Warm L1 on the reader with the current page.
@@ -147,7 +127,7 @@ async fn a_silent_tracking_connection_stops_l1_within_the_heartbeat_bound() {
     let proxy = ChaosProxy::start(SocketAddr::from(([127, 0, 0, 1], stack.redis.port))).await;
     stack.set_env("REDIS_CONNECTION_STRING", &proxy.redis_url());
     stack.start_handler().await;
-    let writer = second_instance(&stack, &stack.redis.url());
+    let writer = stack.instance(&[("REDIS_CONNECTION_STRING", &stack.redis.url())]);
     assert_eq!(stack.get(TEXAS).await.cache(), "miss");
     until_local_hit(&stack, Duration::from_secs(5)).await;
 

@@ -1,15 +1,18 @@
 //! A TCP chaos proxy in front of a real server (as crates.io does for its database): it passes
-//! bytes through, or cuts every connection (an idle close, as Azure Cache for Redis does after
-//! 10 idle minutes), or turns into a black hole (connections open, nothing answers). It can
-//! also switch its upstream while clients keep using its address, as Azure's endpoint does
-//! when a replica is promoted ([`ChaosProxy::switch_upstream`]).
+//! bytes through, or delays them (a slow path), or cuts every connection (an idle close, as
+//! Azure Cache for Redis does after 10 idle minutes), or turns into a black hole (connections
+//! open, nothing answers). It can also switch its upstream while clients keep using its
+//! address, as Azure's endpoint does when a replica is promoted
+//! ([`ChaosProxy::switch_upstream`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,9 @@ pub enum Behaviour {
     BlackHole,
     /// Close every new connection at once, like a server that is down.
     Refuse,
+    /// Forward both ways, every chunk this long after it arrived (order kept): a slow path,
+    /// such as a congested link or a far region.
+    Delay(Duration),
 }
 
 /// A running proxy on 127.0.0.1. Stops when dropped.
@@ -95,44 +101,89 @@ impl Drop for ChaosProxy {
 }
 
 async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
     upstream: SocketAddr,
     behaviour: Arc<Mutex<Behaviour>>,
     mut cut: watch::Receiver<u64>,
 ) {
-    if *behaviour.lock().unwrap_or_else(|p| p.into_inner()) == Behaviour::Refuse {
+    if now(&behaviour) == Behaviour::Refuse {
         return;
     }
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
+    let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
-    let mut from_client = [0u8; 16 * 1024];
-    let mut from_server = [0u8; 16 * 1024];
-    // Checked again when bytes arrive: a read that was waiting when the black hole opened must
-    // not forward what it got.
-    let pass_now = || *behaviour.lock().unwrap_or_else(|p| p.into_inner()) == Behaviour::Pass;
-    loop {
-        let passing = pass_now();
-        tokio::select! {
-            _ = cut.changed() => return,
-            read = client.read(&mut from_client) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if pass_now() && server.write_all(&from_client[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            read = server.read(&mut from_server), if passing => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if pass_now() && client.write_all(&from_server[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            // Re-check the behaviour now and then, so a black hole can open again.
-            () = tokio::time::sleep(std::time::Duration::from_millis(20)), if !passing => {}
-        }
+    let (from_client, to_client) = client.into_split();
+    let (from_server, to_server) = server.into_split();
+    // Either direction ending (a close, an error) closes both, as a proxy that lost one side
+    // does; so does a cut. Dropping the halves closes the sockets.
+    tokio::select! {
+        _ = cut.changed() => {}
+        () = pump(from_client, to_server, behaviour.clone(), Direction::ToServer) => {}
+        () = pump(from_server, to_client, behaviour, Direction::ToClient) => {}
     }
+}
+
+fn now(behaviour: &Mutex<Behaviour>) -> Behaviour {
+    *behaviour.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether open connections carry bytes under `behaviour`.
+fn forwards(behaviour: Behaviour) -> bool {
+    matches!(behaviour, Behaviour::Pass | Behaviour::Delay(_))
+}
+
+/// Which way a [`pump`] moves bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ToServer,
+    ToClient,
+}
+
+/// Moves bytes one way. The behaviour is read when a chunk arrives: passed at once, delayed
+/// (a queue of chunks with their due time, written in arrival order by one writer, so a delay
+/// is latency, not a throughput cap, and order is kept when the delay changes), or dropped in
+/// a black hole. While a black hole is open the server is not read at all (its bytes wait in
+/// the socket), the client is read and its bytes dropped, as a network that loses them would.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    behaviour: Arc<Mutex<Behaviour>>,
+    direction: Direction,
+) {
+    let (queue, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if direction == Direction::ToClient && !forwards(now(&behaviour)) {
+                // Re-check now and then, so the black hole can close again.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Checked when the bytes arrive: a read that was waiting when the black hole
+            // opened must not forward what it got.
+            let at = match now(&behaviour) {
+                Behaviour::Pass => Instant::now(),
+                Behaviour::Delay(by) => Instant::now() + by,
+                // `Refuse` only turns new connections away: open ones go silent.
+                Behaviour::BlackHole | Behaviour::Refuse => continue,
+            };
+            if queue.send((at, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at.into()).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The read side ending drops the queue: what is due is still written, then the writer ends.
+    tokio::join!(read, write);
 }

@@ -10,6 +10,8 @@
 //! - [`failover`]: a primary/replica pair behind a proxy, for promotion tests.
 //! - [`stack`]: one test's whole stack (Redis, a database, the handler behind
 //!   [`host_emulator`]) in either wire mode.
+//! - [`instances`]: more handler instances in the test's process, sharing a stack's Redis
+//!   and database.
 //! - [`scratch`]: temporary folders removed on drop.
 //! - [`identity`]: a local managed-identity endpoint (the App Service protocol Functions on
 //!   Linux provides); [`entra_redis`]: a `redis-server` whose only user is the identity, its
@@ -20,6 +22,7 @@ pub mod cosmos_server;
 pub mod entra_redis;
 pub mod failover;
 pub mod identity;
+pub mod instances;
 pub mod keyless;
 pub mod redis_server;
 pub mod scratch;
