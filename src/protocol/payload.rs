@@ -106,7 +106,7 @@ struct HttpReq {
     #[serde(rename = "Query", default)]
     query: Option<Value>,
     #[serde(rename = "Headers", default)]
-    headers: Option<Value>,
+    headers: Option<ObjectOrNot<ContentTypes>>,
     #[serde(rename = "Body", default)]
     body: Option<Value>,
 }
@@ -126,7 +126,7 @@ impl<'de> serde::Deserialize<'de> for DataReq {
                 let (mut req, mut other) = (None, None);
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     let value: Value = if key == HTTP_TRIGGER && req.is_none() {
-                        match map.next_value::<ObjectOrNot>()? {
+                        match map.next_value::<ObjectOrNot<HttpReq>>()? {
                             ObjectOrNot(Some(r)) => {
                                 req = Some(r);
                                 continue;
@@ -149,53 +149,93 @@ impl<'de> serde::Deserialize<'de> for DataReq {
     }
 }
 
-/// An [`HttpReq`] when the value is an object; `None` (skipped) for anything else.
-struct ObjectOrNot(Option<HttpReq>);
+/// A `T` read from the value when it is an object; `None` (the value skipped unread) for
+/// anything else.
+struct ObjectOrNot<T>(Option<T>);
 
-impl<'de> serde::Deserialize<'de> for ObjectOrNot {
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOrNot<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = ObjectOrNot;
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = ObjectOrNot<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 map: A,
-            ) -> Result<ObjectOrNot, A::Error> {
-                let req = <HttpReq as serde::Deserialize>::deserialize(
-                    serde::de::value::MapAccessDeserializer::new(map),
-                )?;
-                Ok(ObjectOrNot(Some(req)))
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| ObjectOrNot(Some(t)))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<ObjectOrNot, A::Error> {
+            ) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(ObjectOrNot(None))
             }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<ObjectOrNot, E> {
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(ObjectOrNot(None))
             }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<ObjectOrNot, E> {
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
                 Ok(ObjectOrNot(None))
             }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<ObjectOrNot, E> {
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
                 Ok(ObjectOrNot(None))
             }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<ObjectOrNot, E> {
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
                 Ok(ObjectOrNot(None))
             }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<ObjectOrNot, E> {
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(ObjectOrNot(None))
             }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<ObjectOrNot, E> {
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
                 Ok(ObjectOrNot(None))
             }
         }
-        deserializer.deserialize_any(Visit)
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The `Content-Type` values of `Data.req.Headers` (any case; a list or one string), the only
+/// header the handler reads from the payload; the others are skipped unread.
+#[derive(Default)]
+struct ContentTypes(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for ContentTypes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ContentTypes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the Headers object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ContentTypes, A::Error> {
+                let mut types = Vec::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if !key.eq_ignore_ascii_case("content-type") {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    match map.next_value::<Value>()? {
+                        Value::Array(values) => {
+                            types.extend(values.into_iter().filter_map(|v| match v {
+                                Value::String(s) => Some(s),
+                                _ => None,
+                            }))
+                        }
+                        Value::String(s) => types.push(s),
+                        _ => {}
+                    }
+                }
+                Ok(ContentTypes(types))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 
@@ -245,7 +285,12 @@ pub fn parse_invocation(
     let body = match req.body {
         None | Some(Value::Null) => Bytes::new(),
         // §4.3: application/octet-stream and multipart bodies arrive base64-encoded.
-        Some(Value::String(s)) if is_base64_media_type(req.headers.as_ref()) => {
+        Some(Value::String(s))
+            if req
+                .headers
+                .and_then(|h| h.0)
+                .is_some_and(|types| is_base64_media_type(&types.0)) =>
+        {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD
                 .decode(s)
@@ -265,31 +310,20 @@ pub fn parse_invocation(
     })
 }
 
-/// Whether `Data.req.Headers` names a media type the host sends base64-encoded (§4.3):
-/// `application/octet-stream`, or any type containing `multipart`.
-fn is_base64_media_type(headers: Option<&Value>) -> bool {
-    let Some(Value::Object(headers)) = headers else {
-        return false;
-    };
-    headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .flat_map(|(_, v)| match v {
-            Value::Array(values) => values.iter().filter_map(Value::as_str).collect::<Vec<_>>(),
-            Value::String(s) => vec![s.as_str()],
-            _ => Vec::new(),
-        })
-        .any(|t| {
-            // The host decides by the media type alone, before any `;` parameter
-            // (`text/plain; boundary=multipart` is text).
-            let media = t
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            media == "application/octet-stream" || media.contains("multipart")
-        })
+/// Whether one of `Data.req.Headers`' content types is a media type the host sends
+/// base64-encoded (§4.3): `application/octet-stream`, or any type containing `multipart`.
+fn is_base64_media_type(types: &[String]) -> bool {
+    types.iter().any(|t| {
+        // The host decides by the media type alone, before any `;` parameter
+        // (`text/plain; boundary=multipart` is text).
+        let media = t
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        media == "application/octet-stream" || media.contains("multipart")
+    })
 }
 
 /// Query values as strings; an array (which the host never sends) is joined with `,` as the

@@ -65,7 +65,7 @@ pub async fn near_cache(ctx: &Ctx, redis_rps: f64) -> Res<Vec<Row>> {
             let target = match (query == SMALL_QUERY, conns) {
                 (true, _) => judged(ratio, 1.0, fo.rps / redis_rps, of_floor),
                 (false, 50) => judged(ratio, 0.6, fo.rps / redis_rps, of_floor),
-                (false, _) => verdict(o.p99 <= 1.0, format!("p99 ≤ 1 ms; {:.2} ms", o.p99)),
+                (false, _) => judged_p99(o.p99, fo.p99),
             };
             if query == HIT_QUERY && conns == 50 {
                 forwarded_cpu = cpu;
@@ -124,6 +124,23 @@ fn judged(ratio: f64, want: f64, floor_ratio: f64, of_floor: f64) -> String {
             format!(
                 "≥ {want:.2} of row 1, but the floor (11f) is {floor_ratio:.2} of row 1: judged as \
                  {of_floor:.2} of the floor"
+            ),
+        )
+    }
+}
+
+/// The p99 ≤ 1 ms target, or, where the floor's own p99 (same connections, same bytes) misses
+/// it, the handler's p99 against the floor's: on this machine no server on this HTTP stack can
+/// do better than the floor.
+fn judged_p99(p99: f64, floor_p99: f64) -> String {
+    if floor_p99 <= 1.0 {
+        verdict(p99 <= 1.0, format!("p99 ≤ 1 ms; {p99:.2} ms"))
+    } else {
+        verdict(
+            p99 <= floor_p99,
+            format!(
+                "p99 ≤ 1 ms, but the floor's (11f) p99 is {floor_p99:.2} ms: judged as p99 ≤ the \
+                 floor's; {p99:.2} ms"
             ),
         )
     }
