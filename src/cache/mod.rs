@@ -168,8 +168,9 @@ pub struct Cache {
 impl Cache {
     /// A cache for the container `scope` (`<account>/<db>/<container>`, see
     /// [`crate::config::CosmosSettings::scope`]) over one lazily connected, auto-reconnecting
-    /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call.
-    /// `entra` (for a `target` with an identity) supplies the connections' tokens and keeps
+    /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call,
+    /// except, with the near cache on and a Tokio runtime running, its tracking connection,
+    /// opened in the background. `entra` (for a `target` with an identity) supplies the connections' tokens and keeps
     /// re-authenticating them; it needs a Tokio runtime.
     ///
     /// # Errors
@@ -190,6 +191,12 @@ impl Cache {
         .map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
         let near = Self::near_cache(target, &settings, entra_on)?;
+        if let (Some((near, client)), Ok(_)) = (&near, tokio::runtime::Handle::try_current()) {
+            // Tracking starts now, in the background (readiness does not wait for Redis): L1
+            // can serve from the first hit on, and a Redis that cannot track says so in the
+            // start-up log. Outside a runtime it starts with the first lookup instead.
+            near.ensure_tracking(client, &format!("cc:{tag}:gen"));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
