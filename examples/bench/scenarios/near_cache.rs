@@ -40,6 +40,8 @@ pub async fn near_cache(ctx: &Ctx, redis_rps: f64) -> Res<Vec<Row>> {
     let h = ctx.svc.start_handler(&cfg).await?;
     let mut rows = Vec::new();
     let mut forwarded_cpu = 0.0;
+    // CPU per hit of the 50-connection rows, for row 11q.
+    let mut cpu_at_50 = Vec::new();
     for (query, conns_list) in [(HIT_QUERY, &[16u32, 50][..]), (SMALL_QUERY, &[50u32][..])] {
         let url = format!("{}/api/query?{query}", h.base);
         warm_until_local(http, &url).await?;
@@ -69,6 +71,9 @@ pub async fn near_cache(ctx: &Ctx, redis_rps: f64) -> Res<Vec<Row>> {
             };
             if query == HIT_QUERY && conns == 50 {
                 forwarded_cpu = cpu;
+            }
+            if conns == 50 {
+                cpu_at_50.push((query, len, cpu));
             }
             rows.push(Row {
                 id: "11",
@@ -109,7 +114,44 @@ pub async fn near_cache(ctx: &Ctx, redis_rps: f64) -> Res<Vec<Row>> {
     });
     let local = h.diagnostics(http).await["cache"]["local"].clone();
     println!("  L1 counters: {local}");
+    drop(h);
+    rows.extend(quiet_rows(ctx, redis_rps, &cpu_at_50).await?);
     rows.extend(super::near_sweep::sweep(ctx).await?);
+    Ok(rows)
+}
+
+/// Rows 11q: the 50-connection L1 rows again, on a handler started with
+/// `RUST_LOG=info,invocation=warn` (no per-invocation log line, README "Logs and diagnostics"),
+/// against the CPU per hit of the rows with the line (`with_line`: query, body length, µs).
+async fn quiet_rows(ctx: &Ctx, redis_rps: f64, with_line: &[(&str, usize, f64)]) -> Res<Vec<Row>> {
+    let cfg = ctx.cfg.with(&[
+        ("CACHE_LOCAL_MAX_BYTES", &L1_BYTES.to_string()),
+        ("RUST_LOG", "info,invocation=warn"),
+    ]);
+    let h = ctx.svc.start_handler(&cfg).await?;
+    let mut rows = Vec::new();
+    for &(query, len, cpu_with) in with_line {
+        let url = format!("{}/api/query?{query}", h.base);
+        warm_until_local(&ctx.http, &url).await?;
+        let (o, cpu) = hit_run(h.pid(), 50, ctx.secs, &url)?;
+        rows.push(Row {
+            id: "11q",
+            what: format!(
+                "L1 hits, forwarded, `?{query}` ({len} B body), 50 connections, \
+                 `RUST_LOG=info,invocation=warn` (no per-invocation log line)"
+            ),
+            result: format!(
+                "{:.0} req/s; {cpu:.0} µs handler CPU/req = {:.2}× row 11's {cpu_with:.0} µs{}",
+                o.rps,
+                cpu / cpu_with,
+                o.errors_suffix()
+            ),
+            p50: msf(o.p50),
+            p99: msf(o.p99),
+            ratio: f(o.rps / redis_rps, 2),
+            target: "-".into(),
+        });
+    }
     Ok(rows)
 }
 
