@@ -58,7 +58,8 @@ struct Entry {
     escaped: EscapedBody,
     /// The epoch the page was read under; served only while it is still current.
     epoch: u64,
-    /// Entries live no longer than the Redis TTL they were stored with.
+    /// Entries live no longer than the Redis entry they were read from (its remaining TTL when
+    /// read from Redis, the configured TTL when filled here), nor than the configured TTL.
     expires: Instant,
 }
 
@@ -188,9 +189,11 @@ impl NearCache {
         Some((entry.body, entry.escaped))
     }
 
-    /// Keeps `body` as the page of `hash`, read under `epoch`; ignored when the epoch moved
-    /// since (the page may predate a write) or tracking is not live.
-    pub(crate) fn insert(&self, hash: &str, body: &Bytes, epoch: u64) {
+    /// Keeps `body` as the page of `hash`, read under `epoch`, for at most `ttl` (the Redis
+    /// entry's remaining time to live, when the page came from Redis) and the configured TTL;
+    /// ignored when the epoch moved since (the page may predate a write) or tracking is not
+    /// live.
+    pub(crate) fn insert(&self, hash: &str, body: &Bytes, epoch: u64, ttl: Option<Duration>) {
         if epoch != self.epoch() || !self.live() {
             return;
         }
@@ -198,7 +201,7 @@ impl NearCache {
             body: body.clone(),
             escaped: EscapedBody::default(),
             epoch,
-            expires: Instant::now() + self.state.ttl,
+            expires: Instant::now() + ttl.map_or(self.state.ttl, |t| t.min(self.state.ttl)),
         };
         self.state.pages.insert(hash.to_string(), entry);
     }
