@@ -63,7 +63,9 @@ struct Entry {
     expires: Instant,
 }
 
-/// Weight of an entry in bytes, for the byte bound.
+/// Weight of an entry in bytes, for the byte bound. Not counted: the escaped form an
+/// invocation-payload answer adds to an entry after it was weighed (about the body's size
+/// again; the README tells users to allow for it).
 #[derive(Clone)]
 struct ByteWeight;
 

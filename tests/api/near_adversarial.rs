@@ -530,3 +530,24 @@ async fn adv_pending_writer() {
     }
     assert_eq!(stale, 0);
 }
+
+/// Each loss of the tracking connection costs one new tracking connection, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adv_one_restart_per_loss() {
+    let stack = Stack::services(Mode::Forwarding, true, &[L1]);
+    let state = stack.app_state();
+    let app = cosmos_cache_handler::router(state.clone(), "api");
+    until_local_hit(&app, TEXAS, Duration::from_secs(10)).await;
+    let kills = 20;
+    for _ in 0..kills {
+        for id in tracking_client_ids(&stack) {
+            redis_cmd(&stack, &["CLIENT", "KILL", "ID", &id]);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        until_local_hit(&app, TEXAS, Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let local = state.cache.stats_json()["local"].clone();
+    println!("{kills} kills of the tracking connection: {local}");
+    assert_eq!(local["trackingStarts"], kills + 1, "{local}");
+}
