@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Value};
@@ -18,8 +19,13 @@ use crate::store::QuerySpec;
 /// The lookup script's answer ([`super::scripts::LOOKUP`]).
 #[derive(Debug, PartialEq)]
 enum LookupReply {
-    /// `{gen, value}`: the page is stored (the value is checked for its format by the caller).
-    Stored { generation: String, value: Vec<u8> },
+    /// `{gen, value, pttl}`: the page is stored (the value is checked for its format by the
+    /// caller), with `ttl` its remaining time to live (`None`: no expiry, or not reported).
+    Stored {
+        generation: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    },
     /// `{gen, '', lease, moved}`: not stored; lease 1 = taken by this request, 0 = held by
     /// another instance, 2 = leases off; moved 1 = the generation was just moved because the
     /// server changed ([`super::failover`]).
@@ -47,7 +53,25 @@ impl FromRedisValue for LookupReply {
             _ => return Err("lookup: no value".to_string().into()),
         };
         let lease = match items.next() {
-            None => return Ok(Self::Stored { generation, value }),
+            None => {
+                return Ok(Self::Stored {
+                    generation,
+                    value,
+                    ttl: None,
+                });
+            }
+            // A hit's remaining TTL comes as a string, a miss's lease as a number.
+            Some(Value::BulkString(pttl)) => {
+                let pttl: i64 = String::from_utf8(pttl)?
+                    .parse()
+                    .map_err(|_| "lookup: the TTL is not a number".to_string())?;
+                let ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
+                return Ok(Self::Stored {
+                    generation,
+                    value,
+                    ttl,
+                });
+            }
             Some(Value::Int(lease)) => lease,
             Some(_) => return Err("lookup: lease is not a number".to_string().into()),
         };
@@ -98,13 +122,19 @@ impl Cache {
         // its own followers (their lookups raced) knows the lease is its own.
         let token = format!("{}:{}", inner.instance_id, keys::random_generation());
         let (generation, lease) = match self.lookup(&hash, &token).await {
-            Ok(LookupReply::Stored { generation, value }) => {
+            Ok(LookupReply::Stored {
+                generation,
+                value,
+                ttl,
+            }) => {
                 if keys::decode(&value).is_some() {
                     inner.stats.hits.fetch_add(1, Ordering::Relaxed);
                     // Serve the stored bytes as they are: no copy, no re-serialization.
                     let body = Bytes::from(value).slice(keys::VALUE_FORMAT.len()..);
+                    // Kept in L1 no longer than Redis keeps it: the TTL bounds how long a
+                    // write that bypassed `update` can stay hidden, with or without L1.
                     if let (Some((near, _)), Some(epoch)) = (&inner.near, epoch) {
-                        near.insert(&hash, &body, epoch);
+                        near.insert(&hash, &body, epoch, ttl);
                     }
                     return Ok(Served {
                         body,
@@ -145,7 +175,7 @@ impl Cache {
         if let (Some((near, _)), Some(epoch)) = (&inner.near, epoch)
             && served.outcome != CacheOutcome::Bypass
         {
-            near.insert(&hash, &served.body, epoch);
+            near.insert(&hash, &served.body, epoch, None);
         }
         Ok(served)
     }
@@ -202,7 +232,26 @@ mod tests {
             LookupReply::from_redis_value(hit).expect("hit"),
             LookupReply::Stored {
                 generation: "42".into(),
-                value: b"v1:{}".to_vec()
+                value: b"v1:{}".to_vec(),
+                ttl: None,
+            }
+        );
+        let hit_with_ttl = Value::Array(vec![bulk("42"), bulk("v1:{}"), bulk("1500")]);
+        assert_eq!(
+            LookupReply::from_redis_value(hit_with_ttl).expect("hit"),
+            LookupReply::Stored {
+                generation: "42".into(),
+                value: b"v1:{}".to_vec(),
+                ttl: Some(Duration::from_millis(1500)),
+            }
+        );
+        let hit_without_expiry = Value::Array(vec![bulk("42"), bulk("v1:{}"), bulk("-1")]);
+        assert_eq!(
+            LookupReply::from_redis_value(hit_without_expiry).expect("hit"),
+            LookupReply::Stored {
+                generation: "42".into(),
+                value: b"v1:{}".to_vec(),
+                ttl: None,
             }
         );
         let miss = Value::Array(vec![bulk("42"), bulk(""), Value::Int(1), Value::Int(1)]);

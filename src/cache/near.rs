@@ -58,11 +58,14 @@ struct Entry {
     escaped: EscapedBody,
     /// The epoch the page was read under; served only while it is still current.
     epoch: u64,
-    /// Entries live no longer than the Redis TTL they were stored with.
+    /// Entries live no longer than the Redis entry they were read from (its remaining TTL when
+    /// read from Redis, the configured TTL when filled here), nor than the configured TTL.
     expires: Instant,
 }
 
-/// Weight of an entry in bytes, for the byte bound.
+/// Weight of an entry in bytes, for the byte bound. Not counted: the escaped form an
+/// invocation-payload answer adds to an entry after it was weighed (about the body's size
+/// again; the README tells users to allow for it).
 #[derive(Clone)]
 struct ByteWeight;
 
@@ -188,9 +191,11 @@ impl NearCache {
         Some((entry.body, entry.escaped))
     }
 
-    /// Keeps `body` as the page of `hash`, read under `epoch`; ignored when the epoch moved
-    /// since (the page may predate a write) or tracking is not live.
-    pub(crate) fn insert(&self, hash: &str, body: &Bytes, epoch: u64) {
+    /// Keeps `body` as the page of `hash`, read under `epoch`, for at most `ttl` (the Redis
+    /// entry's remaining time to live, when the page came from Redis) and the configured TTL;
+    /// ignored when the epoch moved since (the page may predate a write) or tracking is not
+    /// live.
+    pub(crate) fn insert(&self, hash: &str, body: &Bytes, epoch: u64, ttl: Option<Duration>) {
         if epoch != self.epoch() || !self.live() {
             return;
         }
@@ -198,7 +203,7 @@ impl NearCache {
             body: body.clone(),
             escaped: EscapedBody::default(),
             epoch,
-            expires: Instant::now() + self.state.ttl,
+            expires: Instant::now() + ttl.map_or(self.state.ttl, |t| t.min(self.state.ttl)),
         };
         self.state.pages.insert(hash.to_string(), entry);
     }

@@ -7,7 +7,8 @@
 /// replica that may lack acknowledged bumps), the generation moves to ARGV[1] first.
 /// KEYS[1] = generation key, KEYS[2] = server key; ARGV[1] = initial generation if missing or
 /// moved, ARGV[2] = entry key prefix, ARGV[3] = query hash, ARGV[4] = lease in ms (0 = no
-/// lease), ARGV[5] = lease token. Returns `{gen, value}` on a hit, `{gen, '', lease, moved}` on a
+/// lease), ARGV[5] = lease token. Returns `{gen, value, pttl}` on a hit (pttl: the entry's remaining
+/// time to live in ms as a string, `-1` for none), `{gen, '', lease, moved}` on a
 /// miss with lease 1 = taken, 0 = held by another, 2 = no lease, and moved 1 when an existing
 /// generation was just moved (0 when there was none to move: a new or emptied Redis). (Every
 /// key touched carries the container's hash tag: one cluster slot.)

@@ -35,6 +35,7 @@ mod hardening;
 mod herds;
 mod isolation;
 mod keyless;
+mod near_adversarial;
 mod near_cache;
 mod near_checker;
 mod paging;

@@ -210,3 +210,51 @@ async fn where_redis_refuses_tracking_l1_stays_off() {
     assert_eq!(local["trackingStarts"], 0, "{local}");
     stack.shutdown().await;
 }
+
+/// A write that bypasses `update` (no invalidation) is hidden at most for the TTL, with L1 as
+/// without it: an instance that reads the page from Redis shortly before the Redis entry expires
+/// keeps it in L1 only for what is left of the entry's TTL, not for a whole TTL more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_keeps_a_page_no_longer_than_its_redis_entry() {
+    let stack = Stack::services(Mode::Forwarding, true, &[L1, ("CACHE_TTL_SECONDS", "2")]);
+    let (filler, reader) = (stack.instance(&[]), stack.instance(&[]));
+    // The reader's tracking connection starts with its first read (of another page).
+    instances::get(&reader, "query?state=Ohio").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = Instant::now();
+    let first = instances::get(&filler, TEXAS).await;
+    assert_eq!(first.cache(), "miss");
+    // Another writer changes Austin behind the handler's back.
+    stack
+        .cosmos
+        .upsert_raw(
+            &stack.database,
+            crate::support::stack::CONTAINER,
+            "Texas",
+            &austin(9_123_456).to_string(),
+        )
+        .await;
+    // Shortly before the Redis entry expires (2 s ± 10 %), the reader loads it into L1.
+    tokio::time::sleep(Duration::from_millis(1_600).saturating_sub(stored.elapsed())).await;
+    assert_eq!(instances::get(&reader, TEXAS).await.cache(), "hit");
+    let local = instances::get(&reader, TEXAS).await;
+    assert_eq!(
+        local.cache(),
+        "hit-local",
+        "the scenario needs the page in L1"
+    );
+    assert_ne!(population_of_austin(&local.text), Some(9_123_456));
+    // Every entry stored at `stored` is gone from Redis by 2.2 s: from then on, the new row.
+    tokio::time::sleep(Duration::from_millis(2_300).saturating_sub(stored.elapsed())).await;
+    let mut stale = Vec::new();
+    while stored.elapsed() < Duration::from_millis(4_000) {
+        let read = instances::get(&reader, TEXAS).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        if population_of_austin(&read.text) != Some(9_123_456) {
+            stale.push((stored.elapsed(), read.cache().to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stale.is_empty(), "old page after the TTL: {stale:?}");
+    stack.shutdown().await;
+}

@@ -11,7 +11,8 @@ elseif not g then
 end
 local key = ARGV[2] .. g .. ':' .. ARGV[3]
 local v = redis.call('GET', key)
-if v then return {g, v} end
+-- The page's remaining time to live (ms, -1 = none), as a string: never read as a lease.
+if v then return {g, v, tostring(redis.call('PTTL', key))} end
 if tonumber(ARGV[4]) == 0 then return {g, '', 2, m} end
 if redis.call('SET', key .. ':lease', ARGV[5], 'NX', 'PX', ARGV[4]) then return {g, '', 1, m} end
 return {g, '', 0, m}
