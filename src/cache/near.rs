@@ -56,6 +56,8 @@ struct Entry {
     body: Bytes,
     /// The body's JSON-string form for invocation-payload answers, escaped on first use.
     escaped: EscapedBody,
+    /// Its length, reserved in the entry's weight from the start.
+    escaped_len: u64,
     /// The epoch the page was read under; served only while it is still current.
     epoch: u64,
     /// Entries live no longer than the Redis entry they were read from (its remaining TTL when
@@ -63,15 +65,17 @@ struct Entry {
     expires: Instant,
 }
 
-/// Weight of an entry in bytes, for the byte bound. Not counted: the escaped form an
-/// invocation-payload answer adds to an entry after it was weighed (about the body's size
-/// again; the README tells users to allow for it).
+/// Weight of an entry in bytes, for the byte bound: key, body, the body's escaped form and a
+/// fixed overhead. The escaped form (the JSON string an invocation-payload answer copies into
+/// `Outputs.res.body`) is made on the first payload-mode hit, after the entry was weighed, so
+/// its exact length is reserved at insert ([`crate::api::escaped_len`]): the bound holds in both
+/// wire modes, at the price of forwarded-only L1s holding about half the pages they could.
 #[derive(Clone)]
 struct ByteWeight;
 
 impl quick_cache::Weighter<String, Entry> for ByteWeight {
     fn weight(&self, key: &String, entry: &Entry) -> u64 {
-        key.len() as u64 + entry.body.len() as u64 + ENTRY_OVERHEAD_BYTES
+        key.len() as u64 + entry.body.len() as u64 + entry.escaped_len + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -202,6 +206,7 @@ impl NearCache {
         let entry = Entry {
             body: body.clone(),
             escaped: EscapedBody::default(),
+            escaped_len: crate::api::escaped_len(body) as u64,
             epoch,
             expires: Instant::now() + ttl.map_or(self.state.ttl, |t| t.min(self.state.ttl)),
         };
