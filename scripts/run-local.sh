@@ -6,7 +6,8 @@
 # `func start` does). Ctrl-C stops what it started.
 #
 # Settings come from local.settings.json if present, else local.settings.json.example
-# (as `func start` does); REDIS_PORT, COSMOS_PORT and HOST_PORT override the ports.
+# (as `func start` does; a variable already in the environment wins, as there);
+# REDIS_PORT, COSMOS_PORT and HOST_PORT override the ports.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -52,7 +53,17 @@ fi
 SETTINGS=local.settings.json
 [ -f "$SETTINGS" ] || SETTINGS=local.settings.json.example
 echo "== settings: $SETTINGS"
-while IFS= read -r line; do export "$line"; done < <(node -e '
+# As Core Tools does, a setting already in the environment wins ("Skipping '…' from
+# local.settings.json as it's already defined in current environment variables"), so
+# `CACHE_LOCAL_MAX_BYTES=67108864 scripts/run-local.sh` works.
+while IFS= read -r line; do
+  key=${line%%=*}
+  if [ -n "${!key+set}" ]; then
+    echo "   skipping '$key' from $SETTINGS: already set in the environment"
+  else
+    export "$line"
+  fi
+done < <(node -e '
   const values = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).Values || {};
   for (const [k, v] of Object.entries(values)) {
     if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) && !/[\r\n]/.test(String(v))) console.log(`${k}=${v}`);

@@ -14,6 +14,12 @@ ensure_node_modules
 # that sums every binary's result.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+# --no-fail-fast: a failing binary does not hide the results of the ones after it; the summary
+# is printed and cargo's status returned either way.
+set +e
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

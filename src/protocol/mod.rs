@@ -139,7 +139,7 @@ async fn run(
     let cache = response.cache.map_or("-", |c| c.as_str());
     let ru = response.request_charge.unwrap_or(0.0);
     let invocation_id = request.invocation_id.as_deref().unwrap_or("-");
-    // Its own target, so `RUST_LOG=info,invocation=warn` drops this line (about a third of the
+    // Its own target, so `RUST_LOG=info,invocation=warn` drops this line (15–22 % of the
     // handler's CPU on a near-cache hit, docs/benchmarks.md) and keeps every other one.
     tracing::info!(
         target: "invocation",
