@@ -258,3 +258,28 @@ async fn l1_keeps_a_page_no_longer_than_its_redis_entry() {
     assert!(stale.is_empty(), "old page after the TTL: {stale:?}");
     stack.shutdown().await;
 }
+
+/// A path that answers every command but never delivers a push (a proxy that drops RESP3 push
+/// frames): tracking is accepted, yet the probe write's invalidation never arrives, so L1 stays
+/// off instead of serving pages nobody will invalidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_pushes_never_arrive_l1_stays_off() {
+    let mut stack = Stack::services(Mode::Forwarding, true, &[L1]);
+    let dropper = crate::support::push_dropper::PushDropper::start(SocketAddr::from((
+        [127, 0, 0, 1],
+        stack.redis.port,
+    )))
+    .await;
+    stack.set_env("REDIS_CONNECTION_STRING", &dropper.redis_url());
+    stack.start_handler().await;
+    assert_eq!(stack.get(TEXAS).await.cache(), "miss");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        assert_eq!(stack.get(TEXAS).await.cache(), "hit");
+    }
+    let local = stack.diagnostics().await["cache"]["local"].clone();
+    assert_eq!(local["live"], false, "{local}");
+    assert_eq!(local["hits"], 0, "{local}");
+    assert_eq!(local["trackingStarts"], 0, "{local}");
+    stack.shutdown().await;
+}

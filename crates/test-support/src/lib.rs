@@ -24,6 +24,7 @@ pub mod failover;
 pub mod identity;
 pub mod instances;
 pub mod keyless;
+pub mod push_dropper;
 pub mod redis_server;
 pub mod scratch;
 pub mod stack;

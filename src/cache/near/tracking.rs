@@ -89,6 +89,7 @@ async fn start_tracking(
         .query_async(&mut conn)
         .await;
     tracking.map_err(|e| classify(&e))?;
+    probe_pushes(s, &mut conn, gen_key).await?;
     // Entries filled before tracking started may predate writes nobody told us about.
     s.epoch.fetch_add(1, Ordering::AcqRel);
     s.pages.clear();
@@ -161,4 +162,38 @@ fn classify(e: &redis::RedisError) -> TrackError {
     } else {
         TrackError::Transient(text)
     }
+}
+
+/// Checks that invalidation pushes actually arrive before L1 trusts them: writes a short-lived
+/// probe key under the tracked prefix on the tracking connection itself (without `NOLOOP`, a
+/// client is told of its own writes), then sends `EXISTS`, whose reply comes after that push.
+/// A server or proxy that accepts `CLIENT TRACKING` but never delivers pushes (one that does
+/// not forward RESP3 push frames, say) would otherwise pass every heartbeat while L1 went
+/// stale; it is refused as unsupported instead. The probe key shares the generation key's hash
+/// tag (same slot) and expires after 10 s; other instances drop their L1 once for it.
+async fn probe_pushes(
+    s: &Arc<State>,
+    conn: &mut MultiplexedConnection,
+    gen_key: &str,
+) -> Result<(), TrackError> {
+    let before = s.stats.pushes.load(Ordering::Acquire);
+    let probe = format!("{gen_key}:probe");
+    let set: Result<(), redis::RedisError> = redis::cmd("SET")
+        .arg(&probe)
+        .arg(rand::random::<u64>())
+        .arg("PX")
+        .arg(10_000)
+        .query_async(conn)
+        .await;
+    set.map_err(|e| classify(&e))?;
+    let barrier: Result<i64, redis::RedisError> =
+        redis::cmd("EXISTS").arg(&probe).query_async(conn).await;
+    barrier.map_err(|e| classify(&e))?;
+    if s.stats.pushes.load(Ordering::Acquire) == before {
+        return Err(TrackError::Unsupported(
+            "CLIENT TRACKING was accepted, but no invalidation push arrived for a probe write"
+                .into(),
+        ));
+    }
+    Ok(())
 }
