@@ -135,9 +135,9 @@ pub fn escape(body: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// The length in bytes of [`escape`]`(body)`, without building it: `"` and `\\` and the
+/// The length in bytes of [`escape`]`(body)`, without building it: `"` and `\` and the
 /// control characters with a short escape take 2 bytes, other control characters 6
-/// (`\\u00XX`), everything else 1, plus the two quotes (serde_json's string escaping). Lets
+/// (`\u00XX`), everything else 1, plus the two quotes (serde_json's string escaping). Lets
 /// the near cache count an entry's escaped form in its byte bound before the form exists.
 pub fn escaped_len(body: &[u8]) -> usize {
     let lossy;

@@ -170,8 +170,8 @@ impl Cache {
     /// [`crate::config::CosmosSettings::scope`]) over one lazily connected, auto-reconnecting
     /// `ConnectionManager` shared by all requests. Nothing is contacted until the first call,
     /// except, with the near cache on and a Tokio runtime running, its tracking connection,
-    /// opened in the background. `entra` (for a `target` with an identity) supplies the connections' tokens and keeps
-    /// re-authenticating them; it needs a Tokio runtime.
+    /// opened in the background. `entra` (for a `target` with an identity) supplies the
+    /// connections' tokens and keeps re-authenticating them; it needs a Tokio runtime.
     ///
     /// # Errors
     /// [`CacheBuildError`] when the Redis client cannot be built from the settings.
@@ -190,18 +190,19 @@ impl Cache {
         )
         .map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
+        let gen_key = format!("cc:{tag}:gen");
         let near = Self::near_cache(target, &settings, entra_on)?;
         if let (Some((near, client)), Ok(_)) = (&near, tokio::runtime::Handle::try_current()) {
             // Tracking starts now, in the background (readiness does not wait for Redis): L1
             // can serve from the first hit on, and a Redis that cannot track says so in the
             // start-up log. Outside a runtime it starts with the first lookup instead.
-            near.ensure_tracking(client, &format!("cc:{tag}:gen"));
+            near.ensure_tracking(client, &gen_key);
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
                 settings,
-                gen_key: format!("cc:{tag}:gen"),
+                gen_key,
                 server_key: failover::server_key(&tag),
                 entry_prefix: format!("cc:{tag}:"),
                 lookup: redis::Script::new(&format!(

@@ -15,8 +15,10 @@
 //! ## Layout
 //! - this file: the router, the readiness probe, the one dispatch-and-log step both modes share;
 //! - `payload.rs`: the invocation-payload adapter (parse `Data.req`, write `Outputs.res`);
+//! - `envelope.rs`: the typed view of the invocation envelope `payload.rs` reads;
 //! - `forwarding.rs`: the forwarding adapter (the client's own request and response).
 
+mod envelope;
 mod forwarding;
 mod payload;
 

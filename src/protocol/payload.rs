@@ -8,9 +8,8 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::{
-    BODY_LIMIT, ENVELOPE_LIMIT, HTTP_TRIGGER, function_and_body, invocation_id, json_response, run,
-};
+use super::envelope::Envelope;
+use super::{BODY_LIMIT, ENVELOPE_LIMIT, function_and_body, invocation_id, json_response, run};
 use crate::api::{ApiRequest, ApiResponse, Function};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -81,164 +80,6 @@ pub fn invocation_result(response: &ApiResponse, log_line: &str) -> Vec<u8> {
     out
 }
 
-/// The parts of an invocation payload the handler reads. Typed rather than a `Value` tree so
-/// that what it never reads (`Metadata`, which repeats the query and headers, and
-/// `Data.req.Identities`) is skipped without being allocated: it was most of the parse, the
-/// largest cost an invocation-payload hit has over a forwarded one.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    #[serde(rename = "Data", default)]
-    data: Option<DataReq>,
-}
-
-/// The HTTP request in `Data`: `Data.req` when it is an object, else the first entry with a
-/// `Method` (a renamed trigger binding still works).
-struct DataReq(Option<HttpReq>);
-
-/// `Data.req`, as lenient as §4 needs: every field may be absent, null or of an unexpected type
-/// (checked where it is used).
-#[derive(serde::Deserialize)]
-struct HttpReq {
-    #[serde(rename = "Url", default)]
-    url: Option<Value>,
-    #[serde(rename = "Method", default)]
-    method: Option<Value>,
-    #[serde(rename = "Query", default)]
-    query: Option<Value>,
-    #[serde(rename = "Headers", default)]
-    headers: Option<ObjectOrNot<ContentTypes>>,
-    #[serde(rename = "Body", default)]
-    body: Option<Value>,
-}
-
-impl<'de> serde::Deserialize<'de> for DataReq {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = DataReq;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("the Data object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<DataReq, A::Error> {
-                let (mut req, mut other) = (None, None);
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let value: Value = if key == HTTP_TRIGGER && req.is_none() {
-                        match map.next_value::<ObjectOrNot<HttpReq>>()? {
-                            ObjectOrNot(Some(r)) => {
-                                req = Some(r);
-                                continue;
-                            }
-                            ObjectOrNot(None) => continue,
-                        }
-                    } else {
-                        map.next_value()?
-                    };
-                    if other.is_none() && value.get("Method").is_some() {
-                        other = Some(value);
-                    }
-                }
-                Ok(DataReq(req.or_else(|| {
-                    other.and_then(|v| serde_json::from_value::<HttpReq>(v).ok())
-                })))
-            }
-        }
-        deserializer.deserialize_map(Visit)
-    }
-}
-
-/// A `T` read from the value when it is an object; `None` (the value skipped unread) for
-/// anything else.
-struct ObjectOrNot<T>(Option<T>);
-
-impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOrNot<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = ObjectOrNot<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Self::Value, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(|t| ObjectOrNot(Some(t)))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(ObjectOrNot(None))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(ObjectOrNot(None))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ObjectOrNot(None))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(ObjectOrNot(None))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(ObjectOrNot(None))
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ObjectOrNot(None))
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-                Ok(ObjectOrNot(None))
-            }
-        }
-        deserializer.deserialize_any(Visit(std::marker::PhantomData))
-    }
-}
-
-/// The `Content-Type` values of `Data.req.Headers` (any case; a list or one string), the only
-/// header the handler reads from the payload; the others are skipped unread.
-#[derive(Default)]
-struct ContentTypes(Vec<String>);
-
-impl<'de> serde::Deserialize<'de> for ContentTypes {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = ContentTypes;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("the Headers object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<ContentTypes, A::Error> {
-                let mut types = Vec::new();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if !key.eq_ignore_ascii_case("content-type") {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                        continue;
-                    }
-                    match map.next_value::<Value>()? {
-                        Value::Array(values) => {
-                            types.extend(values.into_iter().filter_map(|v| match v {
-                                Value::String(s) => Some(s),
-                                _ => None,
-                            }))
-                        }
-                        Value::String(s) => types.push(s),
-                        _ => {}
-                    }
-                }
-                Ok(ContentTypes(types))
-            }
-        }
-        deserializer.deserialize_map(Visit)
-    }
-}
-
 /// Why `body` is not a readable invocation: not JSON at all, or JSON of the wrong shape.
 fn invocation_error(body: &[u8], e: &serde_json::Error) -> String {
     if e.is_data() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
@@ -289,7 +130,7 @@ pub fn parse_invocation(
             if req
                 .headers
                 .and_then(|h| h.0)
-                .is_some_and(|types| is_base64_media_type(&types.0)) =>
+                .is_some_and(|types| types.name_base64()) =>
         {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD
@@ -307,22 +148,6 @@ pub fn parse_invocation(
         query,
         body,
         invocation_id,
-    })
-}
-
-/// Whether one of `Data.req.Headers`' content types is a media type the host sends
-/// base64-encoded (§4.3): `application/octet-stream`, or any type containing `multipart`.
-fn is_base64_media_type(types: &[String]) -> bool {
-    types.iter().any(|t| {
-        // The host decides by the media type alone, before any `;` parameter
-        // (`text/plain; boundary=multipart` is text).
-        let media = t
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        media == "application/octet-stream" || media.contains("multipart")
     })
 }
 
