@@ -7,25 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::near_cache::{L1, TEXAS, austin, population_of_austin};
 use crate::support::{Mode, Stack, instances};
-
-const L1: (&str, &str) = ("CACHE_LOCAL_MAX_BYTES", "8000000");
-const TEXAS: &str = "query?state=Texas";
-
-fn austin(population: u64) -> Value {
-    json!({"id": "austin-texas", "city": "Austin", "state": "Texas", "population": population})
-}
-
-fn population_of_austin(text: &str) -> Option<u64> {
-    let body: Value = serde_json::from_str(text).ok()?;
-    body["items"]
-        .as_array()?
-        .iter()
-        .find(|c| c["city"] == "Austin")
-        .and_then(|c| c["population"].as_u64())
-}
 
 async fn until_local_hit(app: &axum::Router, path: &str, limit: Duration) -> Duration {
     let started = Instant::now();

@@ -13,14 +13,17 @@ use crate::support::{Mode, Stack, instances};
 
 both_modes!(own_writes_are_read_at_once_and_hot_pages_skip_redis);
 
-const L1: (&str, &str) = ("CACHE_LOCAL_MAX_BYTES", "8000000");
-const TEXAS: &str = "query?state=Texas";
+/// The near-cache setting every L1 test turns on (also `near_adversarial.rs`, `near_checker/`).
+pub(crate) const L1: (&str, &str) = ("CACHE_LOCAL_MAX_BYTES", "8000000");
+pub(crate) const TEXAS: &str = "query?state=Texas";
 
-fn austin(population: u64) -> Value {
+/// An `update` body for Austin, Texas with `population`.
+pub(crate) fn austin(population: u64) -> Value {
     json!({"id": "austin-texas", "city": "Austin", "state": "Texas", "population": population})
 }
 
-fn population_of_austin(text: &str) -> Option<u64> {
+/// Austin's population on a query page, if the page holds Austin.
+pub(crate) fn population_of_austin(text: &str) -> Option<u64> {
     let body: Value = serde_json::from_str(text).ok()?;
     body["items"]
         .as_array()?
@@ -199,16 +202,7 @@ async fn where_redis_refuses_tracking_l1_stays_off() {
     let url = format!("redis://app:app-password@127.0.0.1:{}", stack.redis.port);
     stack.set_env("REDIS_CONNECTION_STRING", &url);
     stack.start_handler().await;
-    assert_eq!(stack.get(TEXAS).await.cache(), "miss");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for _ in 0..20 {
-        assert_eq!(stack.get(TEXAS).await.cache(), "hit");
-    }
-    let local = stack.diagnostics().await["cache"]["local"].clone();
-    assert_eq!(local["live"], false, "{local}");
-    assert_eq!(local["hits"], 0, "{local}");
-    assert_eq!(local["trackingStarts"], 0, "{local}");
-    stack.shutdown().await;
+    l1_stays_off(stack).await;
 }
 
 /// A write that bypasses `update` (no invalidation) is hidden at most for the TTL, with L1 as
@@ -272,6 +266,12 @@ async fn where_pushes_never_arrive_l1_stays_off() {
     .await;
     stack.set_env("REDIS_CONNECTION_STRING", &dropper.redis_url());
     stack.start_handler().await;
+    l1_stays_off(stack).await;
+}
+
+/// L1 never went live on `stack`: the Texas page misses, then is a Redis hit 20 times (never
+/// `hit-local`), and the counters show no L1 hit and no tracking start.
+async fn l1_stays_off(stack: Stack) {
     assert_eq!(stack.get(TEXAS).await.cache(), "miss");
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..20 {

@@ -24,12 +24,11 @@ use futures::future::join_all;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::near_cache::L1;
 use crate::support::chaos_proxy::{Behaviour, ChaosProxy};
 use crate::support::stack::city_rows;
 use crate::support::{Mode, Stack, instances};
 use verdict::{Class, Read, Verdict, Write};
-
-const L1: (&str, &str) = ("CACHE_LOCAL_MAX_BYTES", "8000000");
 /// The pages read: a few states' whole pages (one page each), so every instance keeps them
 /// in L1 between writes and every write to one of their cities shows on one of them.
 const STATES: [&str; 3] = ["Texas", "Ohio", "Washington"];
