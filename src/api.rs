@@ -2,6 +2,7 @@
 //! (see [`crate::protocol`]). Routes see only these types, so every route behaves the same
 //! in invocation-payload and forwarding mode.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use axum::http::{Method, StatusCode};
@@ -171,20 +172,21 @@ impl ApiResponse {
         }
     }
 
-    /// The extra headers to send besides `Content-Type`, as (name, value) pairs.
-    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+    /// The extra headers to send besides `Content-Type`, as (name, value) pairs. Fixed values
+    /// (`x-cache`) are borrowed, so a cache hit's answer allocates nothing for them.
+    pub fn extra_headers(&self) -> Vec<(&'static str, Cow<'static, str>)> {
         let mut headers = Vec::with_capacity(3);
         if let Some(c) = self.cache {
-            headers.push(("x-cache", c.as_str().to_string()));
+            headers.push(("x-cache", Cow::Borrowed(c.as_str())));
         }
         if let Some(rc) = self.request_charge {
-            headers.push(("x-ms-request-charge", format!("{rc:.2}")));
+            headers.push(("x-ms-request-charge", Cow::Owned(format!("{rc:.2}"))));
         }
         if let Some(s) = self.retry_after_secs {
-            headers.push(("retry-after", s.to_string()));
+            headers.push(("retry-after", Cow::Owned(s.to_string())));
         }
         if let Some(i) = self.invalidation {
-            headers.push(("x-cache-invalidation", i.to_string()));
+            headers.push(("x-cache-invalidation", Cow::Owned(i.to_string())));
         }
         headers
     }

@@ -34,7 +34,8 @@ const BINDING_HEX: usize = 32;
 /// Seals SDK continuation tokens to their query and opens them again. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenBinder {
-    scope: String,
+    /// Shared, not copied: the binder is cloned with the state on every request.
+    scope: std::sync::Arc<str>,
 }
 
 impl TokenBinder {
@@ -43,7 +44,7 @@ impl TokenBinder {
     /// account is refused.
     pub fn new(scope: impl Into<String>) -> Self {
         Self {
-            scope: scope.into(),
+            scope: scope.into().into(),
         }
     }
 

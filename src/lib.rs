@@ -120,7 +120,7 @@ pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
         cache,
         store: Arc::new(store),
         tokens: continuation::TokenBinder::new(scope),
-        identity: sources,
+        identity: sources.into(),
     })
 }
 

@@ -18,5 +18,6 @@ pub struct AppState {
     /// Seals the continuation tokens handed out, and checks the ones that come back.
     pub tokens: TokenBinder,
     /// The Entra ID token sources in use (Redis, Cosmos), for diagnostics; empty with keys.
-    pub identity: Vec<TokenSource>,
+    /// Shared, not copied: the state is cloned on every request.
+    pub identity: Arc<[TokenSource]>,
 }

@@ -4,17 +4,36 @@
 //! WARN line carries the word `WARN` (text) or `"level":"WARN"` (JSON) and shows as a Warning in
 //! Application Insights, and ERROR lines show as Errors.
 
+mod batched;
+
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::MakeWriterExt;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
+
+/// Keeps stdout logging going: hold it until the process ends. Dropping it writes the lines
+/// still buffered, so a clean exit loses none.
+#[must_use = "dropping the guard writes the buffered lines and stops batching them"]
+pub struct LogGuard {
+    _flusher: Option<batched::Flusher>,
+}
 
 /// Installs the global subscriber: JSON lines when `json` (the default in Azure), human-readable
 /// text otherwise. `RUST_LOG` overrides the default filter `info`.
-pub fn init(json: bool) {
+///
+/// Stdout lines (INFO and below, among them one per invocation) are written in batches, at
+/// most 50 ms after they were logged (`batched.rs` says why and what that costs); WARN and
+/// ERROR go to stderr at once, unbuffered. Where the batching thread cannot start, stdout is
+/// written line by line.
+pub fn init(json: bool) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let writer = std::io::stderr
-        .with_max_level(Level::WARN)
-        .or_else(std::io::stdout);
+    let (stdout, flusher) = match batched::start() {
+        Ok((stdout, flusher)) => (BoxMakeWriter::new(stdout), Some(flusher)),
+        Err(e) => {
+            eprintln!("warning: stdout logging unbatched (no thread: {e})");
+            (BoxMakeWriter::new(std::io::stdout), None)
+        }
+    };
+    let writer = std::io::stderr.with_max_level(Level::WARN).or_else(stdout);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -25,4 +44,5 @@ pub fn init(json: bool) {
     } else {
         builder.with_ansi(false).try_init()
     };
+    LogGuard { _flusher: flusher }
 }

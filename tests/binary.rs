@@ -103,21 +103,102 @@ fn configuration_errors_name_the_setting_never_the_value() {
     }
 }
 
-/// A tiny blocking HTTP GET of `/` without pulling in a blocking client.
+/// Stdout (INFO: the per-invocation lines) is written in batches by a thread of its own: the
+/// lines reach the pipe while the handler runs, in order, and the ones still buffered at SIGTERM
+/// are written before it exits.
+#[test]
+fn stdout_lines_arrive_while_running_and_none_are_lost_at_sigterm() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
+        .env_clear()
+        .envs(unreachable_services())
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("LOG_FORMAT", "text")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start handler");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (sender, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            while let Some(end) = text.find('\n') {
+                let line: String = text.drain(..=end).collect();
+                let _ = sender.send(line);
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::blocking_get(port).is_none() {
+        assert!(Instant::now() < deadline, "no readiness answer");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // `maxItemCount=0` is refused (400) before Redis or Cosmos are asked: one invocation line
+    // each, at once.
+    let invocations = |count: usize| {
+        for _ in 0..count {
+            let status = reqwest::status_of(port, "/api/query?maxItemCount=0");
+            assert_eq!(status, Some(400));
+        }
+    };
+    let is_invocation = |line: &str| line.contains("invocation") && line.contains("status=400");
+    invocations(20);
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen < 20 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(wait) {
+            Ok(line) if is_invocation(&line) => seen += 1,
+            Ok(_) => {}
+            Err(e) => panic!("{seen} of 20 invocation lines on stdout while running ({e})"),
+        }
+    }
+    // The next ones are answered, then SIGTERM at once: still buffered, written on the way out.
+    invocations(30);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("handler exits");
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    reader.join().expect("reader");
+    let after: Vec<String> = lines.try_iter().filter(|l| is_invocation(l)).collect();
+    assert_eq!(after.len(), 30, "invocation lines after SIGTERM: {after:?}");
+}
+
+/// Tiny blocking HTTP GETs without pulling in a blocking client.
 mod reqwest {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::Duration;
 
-    pub fn blocking_get(port: u16) -> Option<String> {
+    fn get(port: u16, path: &str) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// The body of `GET /`, which must be a 200.
+    pub fn blocking_get(port: u16) -> Option<String> {
+        let response = get(port, "/")?;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         response.split("\r\n\r\n").nth(1).map(str::to_string)
+    }
+
+    /// The status code of `GET path`.
+    pub fn status_of(port: u16, path: &str) -> Option<u16> {
+        get(port, path)?.get(9..12)?.parse().ok()
     }
 }

@@ -1,6 +1,8 @@
 //! Forwarding mode (§6) and proxying (§7): the client's own request on its original path,
 //! answered with a plain HTTP response.
 
+use std::borrow::Cow;
+
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -43,7 +45,11 @@ impl ApiResponse {
     pub fn into_http(self) -> Response {
         let mut response = json_response(self.status, self.body.clone());
         for (name, value) in self.extra_headers() {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            let value = match value {
+                Cow::Borrowed(fixed) => Ok(HeaderValue::from_static(fixed)),
+                Cow::Owned(text) => HeaderValue::try_from(text),
+            };
+            if let Ok(v) = value {
                 response
                     .headers_mut()
                     .insert(HeaderName::from_static(name), v);

@@ -63,7 +63,10 @@ pub fn invocation_result(response: &ApiResponse, log_line: &str) -> Vec<u8> {
         None => crate::api::escape(&response.body),
     };
     let mut headers = std::collections::BTreeMap::new();
-    headers.insert("Content-Type", "application/json".to_string());
+    headers.insert(
+        "Content-Type",
+        std::borrow::Cow::Borrowed("application/json"),
+    );
     headers.extend(response.extra_headers());
     let mut out = Vec::with_capacity(body.len() + log_line.len() + 256);
     // Writing strings and a map of strings into a Vec cannot fail. Key order as in §5.2's

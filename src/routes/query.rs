@@ -12,6 +12,8 @@
 //! `continuation` is bound to its query ([`crate::continuation`]): send it back unchanged, with
 //! the same query, parameters and partition key (the page size may change).
 
+use std::sync::Arc;
+
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -26,6 +28,9 @@ pub use crate::routes::query_spec::{
 };
 use crate::state::AppState;
 use crate::store::QuerySpec;
+
+/// Prefix of a GET's query text in its cache key and token binding (see [`handle`]).
+const GET_KEY_PREFIX: &str = "GET ";
 
 /// Serves one `query` request.
 ///
@@ -50,29 +55,30 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     // SDK's tokens of a single-partition and of a cross-partition query are not
     // interchangeable: each form gets its own cache entries and tokens, or a page cached by
     // one would hand the other a token it cannot resume.
-    let key_spec = if pin {
-        QuerySpec {
-            text: format!("GET {}", client_spec.text),
-            ..client_spec.clone()
-        }
-    } else {
-        client_spec.clone()
-    };
+    let mut key_spec = client_spec;
+    if pin {
+        key_spec.text.insert_str(0, GET_KEY_PREFIX);
+    }
     // A token from another query (or garbage) is refused before anything is looked up or
     // cached; what Cosmos resumes from is the SDK token inside it.
-    let mut store_spec = client_spec;
-    store_spec.continuation = key_spec
+    let sdk_continuation = key_spec
         .continuation
         .as_deref()
         .map(|token| state.tokens.open(&key_spec, token))
         .transpose()?;
+    // Shared with the fill, which runs only on a miss: a hit copies no part of the query.
+    let key_spec = Arc::new(key_spec);
+    let bound_to = key_spec.clone();
     let store = state.store.clone();
     let tokens = state.tokens.clone();
-    let bound_to = key_spec.clone();
     let served = state
         .cache
         .get_or_fill(&key_spec, move || async move {
+            // What Cosmos is asked: the client's query, the SDK's own continuation token.
+            let mut store_spec = QuerySpec::clone(&bound_to);
+            store_spec.continuation = sdk_continuation;
             if pin {
+                store_spec.text.drain(..GET_KEY_PREFIX.len());
                 pin_partition(&mut store_spec, &store.partition_key_path().await?);
             }
             let page = store.query(&store_spec).await?;

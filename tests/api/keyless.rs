@@ -592,8 +592,20 @@ async fn no_secret_in_any_log_line() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGTERM, as the host stops it: the handler writes its buffered stdout lines on the way
+    // out, so the whole log is searched.
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: signals our own child, which has not been waited for yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the handler did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let text = std::fs::read_to_string(&log_path).expect("log");
     let _ = std::fs::remove_file(&log_path);
     let tokens = stack.identity.all_tokens();
