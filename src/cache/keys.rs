@@ -14,7 +14,7 @@ pub const VALUE_FORMAT: &[u8] = b"v1:";
 /// SHA-256 (hex, 64 characters) of the canonical form of a query page request. The canonical
 /// form is JSON, so field boundaries are unambiguous (`{"a":"1b","c":"2"}` and
 /// `{"a":"1","bc":"2"}` differ); parameters are sorted by name, so their order does not matter.
-pub fn query_hash(spec: &QuerySpec) -> String {
+pub fn query_hash(spec: &QuerySpec) -> QueryHash {
     #[derive(Serialize)]
     struct Canonical<'a> {
         q: &'a str,
@@ -22,6 +22,17 @@ pub fn query_hash(spec: &QuerySpec) -> String {
         k: Option<serde_json::Value>,
         n: u32,
         c: Option<&'a str>,
+    }
+    /// Feeds the serializer's output straight into the hash: no buffer for the canonical form.
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
     let mut p: Vec<_> = spec
         .parameters
@@ -36,9 +47,49 @@ pub fn query_hash(spec: &QuerySpec) -> String {
         n: spec.max_item_count,
         c: spec.continuation.as_deref(),
     };
-    // Serializing strings, numbers and JSON values cannot fail.
-    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-    hex(&Sha256::digest(&bytes))
+    let mut hashing = Hashing(Sha256::new());
+    // Serializing strings, numbers and JSON values into a writer that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut hashing, &canonical);
+    let digest = hashing.0.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(digest.iter()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+    QueryHash(out)
+}
+
+/// A [`query_hash`]: 64 lower-case hex characters, held inline so that a near-cache hit
+/// allocates nothing for its key. Reads as a `&str` ([`QueryHash::as_str`], `Deref`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueryHash([u8; 64]);
+
+impl QueryHash {
+    /// The 64 hex characters.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII hex (built above); the fallback is never taken.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for QueryHash {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for QueryHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for QueryHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// Lower-case hex of `bytes`.
@@ -101,6 +152,20 @@ mod tests {
             max_item_count: 100,
             continuation: None,
         }
+    }
+
+    /// The key is SHA-256 of the canonical JSON, computed here by `sha256sum` over the text:
+    /// instances of different versions sharing one Redis must agree on it (a rolling deploy
+    /// keeps its hits).
+    #[test]
+    fn the_hash_is_sha256_of_the_canonical_json() {
+        let mut texas = spec(&[("@s", "Texas")]);
+        texas.text = "SELECT * FROM c WHERE c.state = @s".into();
+        // {"q":"SELECT * FROM c WHERE c.state = @s","p":[["@s","Texas"]],"k":null,"n":100,"c":null}
+        assert_eq!(
+            query_hash(&texas).as_str(),
+            "6beca7bfb97a010156923239648d1482edcb9727c33e6e9c280fa82801e0e910"
+        );
     }
 
     #[test]

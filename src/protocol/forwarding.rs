@@ -5,11 +5,11 @@ use std::borrow::Cow;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use bytes::Bytes;
 
-use super::{BODY_LIMIT, function_and_body, invocation_id, json_response, run};
+use super::{BODY_LIMIT, InvocationId, function_and_body, json_response, run};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::state::AppState;
 
@@ -19,7 +19,7 @@ pub(super) async fn forwarded(
     Path(function): Path<String>,
     method: Method,
     RawQuery(raw_query): RawQuery,
-    headers: HeaderMap,
+    InvocationId(invocation_id): InvocationId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (function, body) = match function_and_body(&function, body, BODY_LIMIT) {
@@ -34,7 +34,7 @@ pub(super) async fn forwarded(
         method,
         query,
         body,
-        invocation_id: invocation_id(&headers),
+        invocation_id,
     };
     let (response, _) = run(&state, &request, "forwarded").await;
     response.into_http()

@@ -25,9 +25,11 @@ mod payload;
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use bytes::Bytes;
@@ -169,11 +171,23 @@ async fn run(
     (response, line)
 }
 
-fn invocation_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(INVOCATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+/// The host's invocation id ([`INVOCATION_ID`]), if sent: read from the request's headers
+/// where they are, instead of through axum's `HeaderMap` extractor, which copies the whole map
+/// on every request.
+struct InvocationId(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for InvocationId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get(INVOCATION_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ))
+    }
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {

@@ -3,13 +3,13 @@
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::envelope::Envelope;
-use super::{BODY_LIMIT, ENVELOPE_LIMIT, function_and_body, invocation_id, json_response, run};
+use super::{BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, function_and_body, json_response, run};
 use crate::api::{ApiRequest, ApiResponse, Function};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -18,14 +18,14 @@ use crate::state::AppState;
 pub(super) async fn invocation(
     State(state): State<AppState>,
     Path(function): Path<String>,
-    headers: HeaderMap,
+    InvocationId(invocation_id): InvocationId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (function, body) = match function_and_body(&function, body, ENVELOPE_LIMIT) {
         Ok(found) => found,
         Err(e) => return e.into_api_response().into_http(),
     };
-    let request = match parse_invocation(function, &body, invocation_id(&headers)) {
+    let request = match parse_invocation(function, &body, invocation_id) {
         Ok(r) => r,
         Err(message) => {
             tracing::warn!(function = function.name(), %message, "malformed invocation payload");
