@@ -15,6 +15,7 @@
 //! do not come here (stderr, unbuffered).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,9 +24,13 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// Longest a logged line waits in the buffer.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Buffered bytes at which the thread adding a line writes the batch itself (1 MiB, about
-/// 5,000 invocation lines).
-pub(crate) const FLUSH_AT_BYTES: usize = 1 << 20;
+/// Buffered bytes at which the thread adding a line writes the batch itself: 64 KiB (about 300
+/// invocation lines), a pipe's default capacity. Under a hit load this is reached every few
+/// milliseconds, one `write` per ~300 lines. When stdout is read slowly, a thread then waits
+/// for about what a pipe holds, as plain stdout's writes do. With 1 MiB here, a reader doing
+/// 200 KB/s stalled both runtime workers (every request, readiness probes included) for 3–6 s
+/// at a time.
+pub(crate) const FLUSH_AT_BYTES: usize = 64 << 10;
 
 /// The buffer shared by every writer and the flusher thread.
 struct Shared {
@@ -36,6 +41,8 @@ struct Shared {
     /// Set when the flusher thread must stop; `wake` interrupts its sleep.
     stopping: Mutex<bool>,
     wake: Condvar,
+    /// Set at the first failed write (reported once on stderr).
+    failed: AtomicBool,
 }
 
 impl Shared {
@@ -57,8 +64,14 @@ impl Shared {
             return Ok(());
         }
         let mut stdout = io::stdout().lock();
-        stdout.write_all(&batch)?;
-        stdout.flush()
+        let written = stdout.write_all(&batch).and_then(|()| stdout.flush());
+        if let Err(e) = &written
+            && !self.failed.swap(true, Ordering::Relaxed)
+        {
+            // Once: stdout is gone or full (e.g. /dev/full); say so where the host still reads.
+            eprintln!("warning: cannot write log lines to stdout ({e}); INFO lines are dropped");
+        }
+        written
     }
 }
 
@@ -84,6 +97,7 @@ pub(crate) fn start() -> io::Result<(BatchedStdout, Flusher)> {
         out: Mutex::new(()),
         stopping: Mutex::new(false),
         wake: Condvar::new(),
+        failed: AtomicBool::new(false),
     });
     let thread = {
         let shared = shared.clone();
