@@ -24,29 +24,36 @@ fn unreachable_services() -> Vec<(&'static str, String)> {
     ]
 }
 
-#[test]
-fn ready_before_redis_and_cosmos_then_graceful_sigterm() {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
+/// The handler on `port`, with services that are not there and `extra` settings, stdout piped.
+fn spawn_handler(port: u16, extra: &[(&str, &str)], stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_handler"))
         .env_clear()
         .envs(unreachable_services())
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .envs(extra.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
-        .expect("start handler");
-    // Poll GET / as the host does (protocol §3.3), within the host's 30 s budget.
+        .expect("start handler")
+}
+
+/// The body of the first answer to `GET /`, polled as the host does (protocol §3.3), within the
+/// host's 30 s budget.
+fn wait_ready(port: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
+    loop {
         match reqwest::blocking_get(port) {
-            Some(body) => break body,
+            Some(body) => return body,
             None => {
                 assert!(Instant::now() < deadline, "no readiness answer");
                 std::thread::sleep(Duration::from_millis(25));
             }
         }
-    };
-    assert_eq!(body, "ready");
+    }
+}
+
+/// SIGTERM, as the host stops the handler; it must exit 0.
+fn sigterm_exits_cleanly(child: &mut std::process::Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -54,6 +61,14 @@ fn ready_before_redis_and_cosmos_then_graceful_sigterm() {
     assert!(status.success());
     let exit = child.wait().expect("handler exits");
     assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+}
+
+#[test]
+fn ready_before_redis_and_cosmos_then_graceful_sigterm() {
+    let port = free_port();
+    let mut child = spawn_handler(port, &[], Stdio::piped());
+    assert_eq!(wait_ready(port), "ready");
+    sigterm_exits_cleanly(&mut child);
 }
 
 #[test]
@@ -109,15 +124,7 @@ fn configuration_errors_name_the_setting_never_the_value() {
 #[test]
 fn stdout_lines_arrive_while_running_and_none_are_lost_at_sigterm() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
-        .env_clear()
-        .envs(unreachable_services())
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("LOG_FORMAT", "text")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start handler");
+    let mut child = spawn_handler(port, &[("LOG_FORMAT", "text")], Stdio::null());
     let mut stdout = child.stdout.take().expect("stdout");
     let (sender, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -134,11 +141,7 @@ fn stdout_lines_arrive_while_running_and_none_are_lost_at_sigterm() {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::blocking_get(port).is_none() {
-        assert!(Instant::now() < deadline, "no readiness answer");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    wait_ready(port);
     // `maxItemCount=0` is refused (400) before Redis or Cosmos are asked: one invocation line
     // each, at once.
     let invocations = |count: usize| {
@@ -161,13 +164,7 @@ fn stdout_lines_arrive_while_running_and_none_are_lost_at_sigterm() {
     }
     // The next ones are answered, then SIGTERM at once: still buffered, written on the way out.
     invocations(30);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("handler exits");
-    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    sigterm_exits_cleanly(&mut child);
     reader.join().expect("reader");
     let after: Vec<String> = lines.try_iter().filter(|l| is_invocation(l)).collect();
     assert_eq!(after.len(), 30, "invocation lines after SIGTERM: {after:?}");
