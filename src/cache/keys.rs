@@ -50,13 +50,8 @@ pub fn query_hash(spec: &QuerySpec) -> QueryHash {
     let mut hashing = Hashing(Sha256::new());
     // Serializing strings, numbers and JSON values into a writer that cannot fail cannot fail.
     let _ = serde_json::to_writer(&mut hashing, &canonical);
-    let digest = hashing.0.finalize();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 64];
-    for (pair, b) in out.chunks_exact_mut(2).zip(digest.iter()) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0x0f)];
-    }
+    hex_into(&hashing.0.finalize(), &mut out);
     QueryHash(out)
 }
 
@@ -94,13 +89,20 @@ impl std::fmt::Debug for QueryHash {
 
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes the lower-case hex of `bytes` into `out` (two digits a byte; `out` holds
+/// `2 * bytes.len()` bytes, extra input or room is left alone).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
     }
-    out
 }
 
 /// A fresh generation for a missing generation key: random in [2^32, 2^62), far from the

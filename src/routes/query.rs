@@ -21,16 +21,13 @@ use serde_json::{Value, json};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::cache::Filled;
 use crate::error::AppError;
-use crate::routes::query_spec::check_nesting;
 pub use crate::routes::query_spec::{
     DEFAULT_MAX_ITEM_COUNT, MAX_ITEM_COUNT, MAX_PARTITION_KEY_BYTES, MAX_QUERY_BYTES,
     MAX_QUERY_OPERATORS, RESERVED, pin_partition, spec_from_body, spec_from_query_string,
 };
+use crate::routes::query_spec::{GET_KEY_PREFIX, check_nesting};
 use crate::state::AppState;
 use crate::store::QuerySpec;
-
-/// Prefix of a GET's query text in its cache key and token binding (see [`handle`]).
-const GET_KEY_PREFIX: &str = "GET ";
 
 /// Serves one `query` request.
 ///

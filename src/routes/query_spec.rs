@@ -53,6 +53,10 @@ pub(crate) fn check_nesting(text: &str) -> Result<(), AppError> {
 /// (<https://learn.microsoft.com/azure/cosmos-db/concepts-limits#per-item-limits>).
 pub const MAX_PARTITION_KEY_BYTES: usize = 2048;
 
+/// Prefix of a pinned GET's query text in its cache key and token binding: the same rows as
+/// the POST of that text, but not the same SDK continuation tokens (see `query::handle`).
+pub(crate) const GET_KEY_PREFIX: &str = "GET ";
+
 /// Builds the query of a `GET`: filters sorted by field name, as
 /// `c["<field>"] = @f_<field>` (the bracket form and the prefix keep names such as `value` or
 /// `order`, which are SQL keywords, usable).
@@ -98,9 +102,9 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
         }
     }
     filters.sort_by(|a, b| a.0.cmp(b.0));
-    // Sized once: the clauses, plus the 4 bytes the query route may prefix (`GET `).
+    // Sized once: the clauses, plus room for the query route's key prefix.
     let clauses: usize = filters.iter().map(|(f, _)| 2 * f.len() + 19).sum();
-    let mut text = String::with_capacity(4 + 15 + clauses);
+    let mut text = String::with_capacity(GET_KEY_PREFIX.len() + 15 + clauses);
     text.push_str("SELECT * FROM c");
     for (i, (field, _)) in filters.iter().enumerate() {
         text.push_str(if i == 0 { " WHERE " } else { " AND " });
