@@ -5,6 +5,7 @@
 //! Application Insights, and ERROR lines show as Errors.
 
 mod batched;
+mod json;
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -40,7 +41,10 @@ pub fn init(json: bool) -> LogGuard {
         .with_target(false);
     // `try_init` fails only when a subscriber is already installed (tests): keep that one.
     let _ = if json {
-        builder.json().flatten_event(true).try_init()
+        builder
+            .fmt_fields(json::fields())
+            .event_format(json::FlatJson::new())
+            .try_init()
     } else {
         builder.with_ansi(false).try_init()
     };
