@@ -174,21 +174,19 @@ impl ApiResponse {
 
     /// The extra headers to send besides `Content-Type`, as (name, value) pairs. Fixed values
     /// (`x-cache`) are borrowed, so a cache hit's answer allocates nothing for them.
-    pub fn extra_headers(&self) -> Vec<(&'static str, Cow<'static, str>)> {
-        let mut headers = Vec::with_capacity(3);
-        if let Some(c) = self.cache {
-            headers.push(("x-cache", Cow::Borrowed(c.as_str())));
-        }
-        if let Some(rc) = self.request_charge {
-            headers.push(("x-ms-request-charge", Cow::Owned(format!("{rc:.2}"))));
-        }
-        if let Some(s) = self.retry_after_secs {
-            headers.push(("retry-after", Cow::Owned(s.to_string())));
-        }
-        if let Some(i) = self.invalidation {
-            headers.push(("x-cache-invalidation", Cow::Owned(i.to_string())));
-        }
-        headers
+    pub fn extra_headers(&self) -> impl Iterator<Item = (&'static str, Cow<'static, str>)> {
+        // An array, not a `Vec`: no allocation for the list either.
+        [
+            self.cache.map(|c| ("x-cache", Cow::Borrowed(c.as_str()))),
+            self.request_charge
+                .map(|rc| ("x-ms-request-charge", Cow::Owned(format!("{rc:.2}")))),
+            self.retry_after_secs
+                .map(|s| ("retry-after", Cow::Owned(s.to_string()))),
+            self.invalidation
+                .map(|i| ("x-cache-invalidation", Cow::Owned(i.to_string()))),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

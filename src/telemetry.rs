@@ -9,7 +9,8 @@ mod json;
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriterExt};
 
 /// Keeps stdout logging going: hold it until the process ends. Dropping it writes the lines
 /// still buffered, so a clean exit loses none.
@@ -28,10 +29,10 @@ pub struct LogGuard {
 pub fn init(json: bool) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (stdout, flusher) = match batched::start() {
-        Ok((stdout, flusher)) => (BoxMakeWriter::new(stdout), Some(flusher)),
+        Ok((stdout, flusher)) => (Stdout::Batched(stdout), Some(flusher)),
         Err(e) => {
             eprintln!("warning: stdout logging unbatched (no thread: {e})");
-            (BoxMakeWriter::new(std::io::stdout), None)
+            (Stdout::Plain, None)
         }
     };
     let writer = std::io::stderr.with_max_level(Level::WARN).or_else(stdout);
@@ -49,4 +50,22 @@ pub fn init(json: bool) -> LogGuard {
         builder.with_ansi(false).try_init()
     };
     LogGuard { _flusher: flusher }
+}
+
+/// Where INFO lines go: in batches, or line by line where the batching thread could not
+/// start. An enum rather than `BoxMakeWriter`, which boxes the writer of every line.
+enum Stdout {
+    Batched(batched::BatchedStdout),
+    Plain,
+}
+
+impl<'a> MakeWriter<'a> for Stdout {
+    type Writer = EitherWriter<batched::Line<'a>, std::io::Stdout>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match self {
+            Self::Batched(batched) => EitherWriter::A(batched.make_writer()),
+            Self::Plain => EitherWriter::B(std::io::stdout()),
+        }
+    }
 }

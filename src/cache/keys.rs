@@ -18,7 +18,7 @@ pub fn query_hash(spec: &QuerySpec) -> QueryHash {
     #[derive(Serialize)]
     struct Canonical<'a> {
         q: &'a str,
-        p: Vec<(&'a str, &'a serde_json::Value)>,
+        p: Params<'a>,
         k: Option<serde_json::Value>,
         n: u32,
         c: Option<&'a str>,
@@ -34,12 +34,31 @@ pub fn query_hash(spec: &QuerySpec) -> QueryHash {
             Ok(())
         }
     }
-    let mut p: Vec<_> = spec
-        .parameters
-        .iter()
-        .map(|(n, v)| (n.as_str(), v))
-        .collect();
-    p.sort_by(|a, b| a.0.cmp(b.0));
+    /// The parameters by name: as they are when already sorted (the `GET` route builds them
+    /// so), else a sorted list of references.
+    enum Params<'a> {
+        Sorted(&'a [(String, serde_json::Value)]),
+        Resorted(Vec<(&'a str, &'a serde_json::Value)>),
+    }
+    impl Serialize for Params<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Self::Sorted(p) => s.collect_seq(p.iter().map(|(n, v)| (n.as_str(), v))),
+                Self::Resorted(p) => p.serialize(s),
+            }
+        }
+    }
+    let p = if spec.parameters.is_sorted_by(|a, b| a.0 <= b.0) {
+        Params::Sorted(&spec.parameters)
+    } else {
+        let mut p: Vec<_> = spec
+            .parameters
+            .iter()
+            .map(|(n, v)| (n.as_str(), v))
+            .collect();
+        p.sort_by(|a, b| a.0.cmp(b.0));
+        Params::Resorted(p)
+    };
     let canonical = Canonical {
         q: &spec.text,
         p,

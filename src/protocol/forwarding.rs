@@ -4,25 +4,25 @@
 use std::borrow::Cow;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use bytes::Bytes;
 
-use super::{BODY_LIMIT, InvocationId, function_and_body, json_response, run};
+use super::{BODY_LIMIT, InvocationId, Named, function_and_body, json_response, run};
 use crate::api::{ApiRequest, ApiResponse};
 use crate::state::AppState;
 
 /// Forwarding/proxying mode: the client's own request (§6, §7).
 pub(super) async fn forwarded(
     State(state): State<AppState>,
-    Path(function): Path<String>,
+    Named(function): Named,
     method: Method,
     RawQuery(raw_query): RawQuery,
     InvocationId(invocation_id): InvocationId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (function, body) = match function_and_body(&function, body, BODY_LIMIT) {
+    let (function, body) = match function_and_body(function, body, BODY_LIMIT) {
         Ok(found) => found,
         Err(e) => return e.into_api_response().into_http(),
     };

@@ -69,13 +69,26 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
         .route("/", get(ready).head(ready))
         .route("/_diagnostics", get(diagnostics))
         // The change-feed function: payload mode only, never forwarded (protocol §1).
-        .route("/invalidate", post(routes::invalidate::invocation))
-        .route("/{function}", post(invocation));
+        .route("/invalidate", post(routes::invalidate::invocation));
+    // Each function's own path first: a static route carries no path parameters, which axum
+    // would otherwise collect into allocations of their own on every request. The `{function}`
+    // routes behind them still take other spellings (`/api/Query`: the host matches function
+    // names case-insensitively) and unknown names (a JSON 404).
+    for function in [Function::Query, Function::Update] {
+        router = router.route(&format!("/{}", function.name()), post(invocation));
+    }
+    router = router.route("/{function}", post(invocation));
     if prefix.is_empty() {
         tracing::warn!("routePrefix is empty: forwarded requests cannot be told from invocations");
     } else {
         // The host's router matches `/api/query/` as `/api/query` and forwards the original
         // path, trailing slash included (cf. Azure/azure-functions-host#969).
+        for function in [Function::Query, Function::Update] {
+            let path = format!("/{prefix}/{}", function.name());
+            router = router
+                .route(&format!("{path}/"), any(forwarded))
+                .route(&path, any(forwarded));
+        }
         router = router
             .route(&format!("/{prefix}/{{function}}"), any(forwarded))
             .route(&format!("/{prefix}/{{function}}/"), any(forwarded));
@@ -104,12 +117,11 @@ async fn diagnostics(State(state): State<AppState>) -> Response {
 /// The function named in the path and the request body (at most `limit` bytes), or the error:
 /// 404 for an unknown function, 413 for a body over the limit, 400 for an unreadable body.
 fn function_and_body(
-    name: &str,
+    function: Option<Function>,
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<(Function, Bytes), AppError> {
-    let function =
-        Function::from_name(name).ok_or_else(|| AppError::NotFound("no such function".into()))?;
+    let function = function.ok_or_else(|| AppError::NotFound("no such function".into()))?;
     match body {
         Ok(b) if b.len() <= limit => Ok((function, b)),
         Ok(_) => Err(AppError::PayloadTooLarge { limit_bytes: limit }),
@@ -169,6 +181,22 @@ async fn run(
         )
     });
     (response, line)
+}
+
+/// The function a request names: the last segment of its path (`/query`, `/api/query`,
+/// `/api/Query/`), read in place, so the static routes need no path parameter. `None` for a
+/// name that is not a function.
+struct Named(Option<Function>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Named {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let path = parts.uri.path();
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let name = path.rsplit_once('/').map_or(path, |(_, last)| last);
+        Ok(Self(Function::from_name(name)))
+    }
 }
 
 /// The host's invocation id ([`INVOCATION_ID`]), if sent: read from the request's headers

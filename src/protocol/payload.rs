@@ -1,15 +1,17 @@
 //! Invocation-payload mode (§4, §5): `POST /{FunctionName}` with `{"Data":{"req":{...}},
 //! "Metadata":{...}}` in, `{"Outputs":{"res":{...}},"Logs":[...],"ReturnValue":null}` out.
 
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::envelope::Envelope;
-use super::{BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, function_and_body, json_response, run};
+use super::{
+    BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, Named, function_and_body, json_response, run,
+};
 use crate::api::{ApiRequest, ApiResponse, Function};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -17,11 +19,11 @@ use crate::state::AppState;
 /// Invocation-payload mode (§4, §5).
 pub(super) async fn invocation(
     State(state): State<AppState>,
-    Path(function): Path<String>,
+    Named(function): Named,
     InvocationId(invocation_id): InvocationId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (function, body) = match function_and_body(&function, body, ENVELOPE_LIMIT) {
+    let (function, body) = match function_and_body(function, body, ENVELOPE_LIMIT) {
         Ok(found) => found,
         Err(e) => return e.into_api_response().into_http(),
     };

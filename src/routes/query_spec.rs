@@ -115,7 +115,13 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
         text,
         parameters: filters
             .iter()
-            .map(|(f, v)| (format!("@f_{f}"), Value::String((*v).to_string())))
+            .map(|(f, v)| {
+                // Not `format!`, which sizes its buffer for the literal only and then grows it.
+                let mut name = String::with_capacity(3 + f.len());
+                name.push_str("@f_");
+                name.push_str(f);
+                (name, Value::String((*v).to_string()))
+            })
             .collect(),
         partition_key,
         max_item_count,
