@@ -98,6 +98,61 @@ async fn wrong_method_on_a_payload_path_is_a_json_405() {
     }
 }
 
+/// The functions' own paths are static routes and other spellings go through the `{function}`
+/// routes (the host matches names case-insensitively and forwards the client's path, trailing
+/// slash included): every spelling must reach the same function, in both modes.
+#[tokio::test]
+async fn every_spelling_of_a_function_path_reaches_it() {
+    // A `maxItemCount` of 0 is refused by the query route before Redis or Cosmos is asked.
+    for path in ["/api/query", "/api/query/", "/api/Query", "/api/QUERY/"] {
+        let (status, body) = call(
+            Request::get(format!("{path}?maxItemCount=0"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["field"], "maxItemCount", "{path}: {body}");
+    }
+    for path in ["/query", "/Query", "/QUERY"] {
+        let payload = r#"{"Data":{"req":{"Method":"GET","Query":{"maxItemCount":"0"}}}}"#;
+        let (status, body) = call(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(payload))
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(
+            body["Outputs"]["res"]["statusCode"], "400",
+            "{path}: {body}"
+        );
+        let inner: serde_json::Value =
+            serde_json::from_str(body["Outputs"]["res"]["body"].as_str().expect("body"))
+                .expect("inner JSON");
+        assert_eq!(inner["error"]["field"], "maxItemCount", "{path}: {inner}");
+    }
+    // `update` too: a body that is not JSON, or not documents, is refused before any backend
+    // is asked (it was a 503 while Cosmos DB could not name the partition-key path).
+    for (path, body) in [
+        ("/api/update", "not json"),
+        ("/api/Update/", "[]"),
+        ("/api/UPDATE", "5"),
+    ] {
+        let (status, body) =
+            call(Request::post(path).body(Body::from(body)).expect("request")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["field"], "body", "{path}: {body}");
+    }
+    for path in ["/api/queryx", "/api/query/extra", "/queries"] {
+        let (status, body) =
+            call(Request::post(path).body(Body::from("{}")).expect("request")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn client_errors_need_no_backend() {
     // Validation happens before Redis or Cosmos are touched, so bad input is a 400 even now.

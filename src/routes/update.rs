@@ -53,13 +53,13 @@ pub struct Write {
     pub doc: Value,
 }
 
-/// Validates a `POST` body against the partition-key path (`/state`, or nested `/a/b`); also
-/// tells whether the body was an array (errors about an array's documents name them `[i]`).
+/// The documents of a `POST` body and whether it was an array: the checks that need no
+/// partition-key path, so a body that is not JSON, or not documents, is a 400 even while
+/// Cosmos DB (which names the path) is unreachable.
 ///
 /// # Errors
-/// `BadRequest` whose field is `body`, `id`/`<pk>` for a single document, or `[i].id` /
-/// `[i].<pk>` for an array; nothing is written when any document is invalid.
-fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppError> {
+/// `BadRequest` whose field is `body`.
+fn parse_batch(body: &[u8]) -> Result<(Vec<Value>, bool), AppError> {
     let value = super::json_body(body, "a JSON document or an array of documents")?;
     let (docs, indexed) = match value {
         Value::Array(docs) => (docs, true),
@@ -80,6 +80,20 @@ fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppE
             format!("at most {MAX_DOCUMENTS} documents per request"),
         ));
     }
+    Ok((docs, indexed))
+}
+
+/// Checks each document's `id` and its value at the partition-key path (`pk_path`: `/state`,
+/// or nested `/a/b`); `indexed` when the body was an array, so errors name the document `[i]`.
+///
+/// # Errors
+/// `BadRequest` whose field is `id`/`<pk>` for a single document, or `[i].id` / `[i].<pk>` for
+/// an array; nothing is written when any document is invalid.
+fn validate_documents(
+    docs: Vec<Value>,
+    indexed: bool,
+    pk_path: &str,
+) -> Result<Vec<Write>, AppError> {
     let segments: Vec<&str> = pk_path.trim_start_matches('/').split('/').collect();
     let pk_field = segments.join(".");
     let at = |i: usize, field: &str| {
@@ -136,7 +150,7 @@ fn validate_batch(body: &[u8], pk_path: &str) -> Result<(Vec<Write>, bool), AppE
         }
         writes.push(Write { id, pk, doc });
     }
-    Ok((writes, indexed))
+    Ok(writes)
 }
 
 /// Cosmos DB ids: 1-255 characters, none of `/ \ ? #`
@@ -162,8 +176,9 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
 }
 
 async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
+    let (docs, indexed) = parse_batch(&req.body)?;
     let pk_path = state.store.partition_key_path().await?;
-    let (writes, indexed) = validate_batch(&req.body, &pk_path)?;
+    let writes = validate_documents(docs, indexed, &pk_path)?;
     let total = writes.len();
     let single = !indexed;
     let results: Vec<(usize, Result<Written, AppError>)> =

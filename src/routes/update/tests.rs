@@ -8,7 +8,8 @@ use super::*;
 /// `BadRequest` whose field is `body`, `id`/`<pk>` for a single document, or `[i].id` /
 /// `[i].<pk>` for an array; nothing is written when any document is invalid.
 fn validate_documents(body: &[u8], pk_path: &str) -> Result<Vec<Write>, AppError> {
-    validate_batch(body, pk_path).map(|(writes, _)| writes)
+    let (docs, indexed) = parse_batch(body)?;
+    super::validate_documents(docs, indexed, pk_path)
 }
 
 #[test]
