@@ -204,6 +204,32 @@ mod tests {
     }
 
     #[test]
+    fn result_headers_are_one_object_content_type_first_then_by_name() {
+        let mut response = ApiResponse::json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from("{}"));
+        response.cache = Some(crate::api::CacheOutcome::Miss);
+        response.request_charge = Some(2.5);
+        response.retry_after_secs = Some(3);
+        response.invalidation = Some("pending");
+        let out = invocation_result(&response, "query GET -> 503");
+        let text = std::str::from_utf8(&out).expect("utf-8");
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"Outputs":{"res":{"statusCode":"503","headers":{"Content-Type":"application/json","#,
+                r#""retry-after":"3","x-cache":"miss","x-cache-invalidation":"pending","#,
+                r#""x-ms-request-charge":"2.50"},"body":"{}"}},"Logs":["query GET -> 503"],"#,
+                r#""ReturnValue":null}"#
+            )
+        );
+        let plain = invocation_result(&ApiResponse::json(StatusCode::OK, Bytes::from("[]")), "");
+        assert!(
+            plain.starts_with(br#"{"Outputs":{"res":{"statusCode":"200","headers":{"Content-Type":"application/json"},"body":"[]"}}"#),
+            "{}",
+            String::from_utf8_lossy(&plain)
+        );
+    }
+
+    #[test]
     fn malformed_invocations_are_errors() {
         for bad in [
             &b"nope"[..],
@@ -241,6 +267,48 @@ mod tests {
         assert_eq!(
             parse(br#"{"Data":{"req":{"Method":7}}}"#).err().as_deref(),
             Some("Data.req.Method is missing or not a string")
+        );
+        // Escaped strings are read (owned, not borrowed) as well as plain ones.
+        let escaped = br#"{"Data":{"req":{"Method":"G\u0045t","Url":"http://h/api/query?city=A%20b\u0026n=1","Query":null}}}"#;
+        let r = parse(escaped).expect("escaped");
+        assert_eq!(r.method, Method::GET);
+        assert_eq!(
+            r.query,
+            vec![("city".into(), "A b".into()), ("n".into(), "1".into())]
+        );
+        // Query values of every JSON type; null drops the pair (order is not significant:
+        // the route sorts the filters).
+        let typed = br#"{"Data":{"req":{"Method":"GET","Query":{"z":"\"q\"","a":null,"b":[1,"x"],"c":true}}}}"#;
+        let mut query = parse(typed).expect("typed").query;
+        query.sort();
+        assert_eq!(
+            query,
+            vec![
+                ("b".to_string(), "1,x".to_string()),
+                ("c".into(), "true".into()),
+                ("z".into(), "\"q\"".into())
+            ]
+        );
+        // A Url that is not a string is no query, not an error.
+        let odd_url = br#"{"Data":{"req":{"Method":"GET","Url":{"x":[1]}}}}"#;
+        assert!(parse(odd_url).expect("odd url").query.is_empty());
+        assert_eq!(
+            parse(br#"{"Data":{"req":{"Method":"GET","Query":5}}}"#)
+                .err()
+                .as_deref(),
+            Some("Data.req.Query is neither an object nor a string")
+        );
+        assert_eq!(
+            parse(br#"{"Data":{"req":{"Method":"GET","Query":"[1]"}}}"#)
+                .err()
+                .as_deref(),
+            Some("Data.req.Query is a string but not a JSON object")
+        );
+        assert_eq!(
+            parse(br#"{"Data":{"req":{"Method":"GE T"}}}"#)
+                .err()
+                .as_deref(),
+            Some("Data.req.Method is not an HTTP method")
         );
         let truncated = parse(br#"{"Data":{"req":{"Method":"GET""#).expect_err("truncated");
         assert!(truncated.starts_with("body is not JSON"), "{truncated}");
