@@ -37,11 +37,14 @@
 //! - [`error`]: the HTTP edge's error enum (each variant knows its status) and the one mapping
 //!   from [`store::StoreError`] onto it.
 //! - [`seed`]: the data loader behind `handler seed`.
+//! - [`telemetry`]: the log lines (JSON in Azure, INFO to stdout in batches, WARN/ERROR to
+//!   stderr), shaped for how the host records them.
 //! - [`identity`]: Microsoft Entra ID tokens (managed identity, Azure CLI) for keyless Cosmos DB
 //!   and Redis, refreshed in the background by a loop that never gives up.
 //!
 //! ## Following one `GET /api/query?state=Texas` (a hit, forwarding mode)
-//! 1. `protocol/mod.rs`: [`router`] matches `/api/{function}`;
+//! 1. `protocol/mod.rs`: [`router`] matches `/api/query` (a static route; other spellings of a
+//!    function's name reach the `/api/{function}` route behind it);
 //! 2. `protocol/forwarding.rs`: the request becomes an [`api::ApiRequest`], the answer an
 //!    HTTP response (`protocol/payload.rs` is the same step for invocation payloads);
 //! 3. `routes/mod.rs`: `dispatch` picks the function;

@@ -3,6 +3,11 @@
 //! contains "warn" (protocol §3.2). So INFO and below go to stdout, WARN and ERROR to stderr: every
 //! WARN line carries the word `WARN` (text) or `"level":"WARN"` (JSON) and shows as a Warning in
 //! Application Insights, and ERROR lines show as Errors.
+//!
+//! ## Layout
+//! - this file: the subscriber (filter, formats, which stream a level goes to);
+//! - `batched.rs`: stdout written in batches by a thread of its own;
+//! - `json.rs`: the JSON line formatter (the stock one's bytes, at less cost per line).
 
 mod batched;
 mod json;
