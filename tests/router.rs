@@ -104,7 +104,13 @@ async fn wrong_method_on_a_payload_path_is_a_json_405() {
 #[tokio::test]
 async fn every_spelling_of_a_function_path_reaches_it() {
     // A `maxItemCount` of 0 is refused by the query route before Redis or Cosmos is asked.
-    for path in ["/api/query", "/api/query/", "/api/Query", "/api/QUERY/"] {
+    for path in [
+        "/api/query",
+        "/api/query/",
+        "/api/Query",
+        "/api/QUERY/",
+        "/api/qu%65ry",
+    ] {
         let (status, body) = call(
             Request::get(format!("{path}?maxItemCount=0"))
                 .body(Body::empty())
@@ -114,7 +120,7 @@ async fn every_spelling_of_a_function_path_reaches_it() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["error"]["field"], "maxItemCount", "{path}: {body}");
     }
-    for path in ["/query", "/Query", "/QUERY"] {
+    for path in ["/query", "/Query", "/QUERY", "/%51uery"] {
         let payload = r#"{"Data":{"req":{"Method":"GET","Query":{"maxItemCount":"0"}}}}"#;
         let (status, body) = call(
             Request::post(path)
@@ -145,7 +151,12 @@ async fn every_spelling_of_a_function_path_reaches_it() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
         assert_eq!(body["error"]["field"], "body", "{path}: {body}");
     }
-    for path in ["/api/queryx", "/api/query/extra", "/queries"] {
+    for path in [
+        "/api/queryx",
+        "/api/query/extra",
+        "/queries",
+        "/api/qu%FFry",
+    ] {
         let (status, body) =
             call(Request::post(path).body(Body::from("{}")).expect("request")).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");

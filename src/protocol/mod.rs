@@ -184,8 +184,8 @@ async fn run(
 }
 
 /// The function a request names: the last segment of its path (`/query`, `/api/query`,
-/// `/api/Query/`), read in place, so the static routes need no path parameter. `None` for a
-/// name that is not a function.
+/// `/api/Query/`, `/api/qu%65ry`: percent-decoded, as axum's `Path` decodes), read in place, so
+/// the static routes need no path parameter. `None` for a name that is not a function.
 struct Named(Option<Function>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Named {
@@ -195,7 +195,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Named {
         let path = parts.uri.path();
         let path = path.strip_suffix('/').unwrap_or(path);
         let name = path.rsplit_once('/').map_or(path, |(_, last)| last);
-        Ok(Self(Function::from_name(name)))
+        let function = if name.contains('%') {
+            percent_encoding::percent_decode_str(name)
+                .decode_utf8()
+                .ok()
+                .and_then(|name| Function::from_name(&name))
+        } else {
+            Function::from_name(name)
+        };
+        Ok(Self(function))
     }
 }
 
