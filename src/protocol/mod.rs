@@ -160,7 +160,7 @@ async fn run(
     tracing::info!(
         target: "invocation",
         function = request.function.name(),
-        method = %request.method,
+        method = request.method.as_str(),
         mode,
         status = response.status.as_u16(),
         cache,
