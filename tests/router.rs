@@ -139,17 +139,24 @@ async fn every_spelling_of_a_function_path_reaches_it() {
                 .expect("inner JSON");
         assert_eq!(inner["error"]["field"], "maxItemCount", "{path}: {inner}");
     }
-    // `update` too: a body that is not JSON, or not documents, is refused before any backend
-    // is asked (it was a 503 while Cosmos DB could not name the partition-key path).
-    for (path, body) in [
-        ("/api/update", "not json"),
-        ("/api/Update/", "[]"),
-        ("/api/UPDATE", "5"),
+    // `update` too: a body that is not JSON, not documents, or documents without a valid id is
+    // refused before any backend is asked (it was a 503 while Cosmos DB could not name the
+    // partition-key path).
+    for (path, body, field) in [
+        ("/api/update", "not json", "body"),
+        ("/api/Update/", "[]", "body"),
+        ("/api/UPDATE", "5", "body"),
+        // Object and id checks need no partition-key path either.
+        ("/api/update", "{}", "id"),
+        ("/api/update", r#"{"state":"Zz"}"#, "id"),
+        ("/api/update", r#"{"id":"a/b","state":"Zz"}"#, "id"),
+        ("/api/update", "[1,2]", "[0]"),
+        ("/api/update", r#"[{"id":"a"},{"id":7}]"#, "[1].id"),
     ] {
         let (status, body) =
             call(Request::post(path).body(Body::from(body)).expect("request")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
-        assert_eq!(body["error"]["field"], "body", "{path}: {body}");
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
     }
     for path in [
         "/api/queryx",

@@ -30,7 +30,7 @@ pub(super) async fn invocation(
     let request = match parse_invocation(function, &body, invocation_id) {
         Ok(r) => r,
         Err(message) => {
-            tracing::warn!(function = function.name(), %message, "malformed invocation payload");
+            tracing::warn!(function = function.name(), error = %message, "malformed invocation payload");
             // A non-2xx fails the invocation (§5.1).
             let body = json!({ "error": { "code": "bad_invocation", "message": message } });
             return json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()));

@@ -70,7 +70,9 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
     let mut partition_key = None;
     for (name, value) in query {
         match name.as_str() {
-            "code" => {}
+            // The function key: the host reads it case-insensitively (`?Code=` is the key too),
+            // and it must never become a filter value sent to Cosmos DB.
+            code if code.eq_ignore_ascii_case("code") => {}
             "maxItemCount" => max_item_count = parse_max_item_count(value)?,
             "continuation" => continuation = Some(value.clone()).filter(|c| !c.is_empty()),
             "partitionKey" if value.is_empty() => {}

@@ -53,13 +53,15 @@ pub struct Write {
     pub doc: Value,
 }
 
-/// The documents of a `POST` body and whether it was an array: the checks that need no
-/// partition-key path, so a body that is not JSON, or not documents, is a 400 even while
-/// Cosmos DB (which names the path) is unreachable.
+/// The documents of a `POST` body with their ids, and whether it was an array: the checks
+/// that need no partition-key path (JSON, shape, count, each document an object with a valid
+/// `id`), so the client's own mistakes are a 400 even while Cosmos DB, which names the path,
+/// is unreachable.
 ///
 /// # Errors
-/// `BadRequest` whose field is `body`.
-fn parse_batch(body: &[u8]) -> Result<(Vec<Value>, bool), AppError> {
+/// `BadRequest` whose field is `body`, `id` for a single document, or `[i]` / `[i].id` for an
+/// array.
+fn parse_batch(body: &[u8]) -> Result<(Vec<(String, Value)>, bool), AppError> {
     let value = super::json_body(body, "a JSON document or an array of documents")?;
     let (docs, indexed) = match value {
         Value::Array(docs) => (docs, true),
@@ -80,30 +82,7 @@ fn parse_batch(body: &[u8]) -> Result<(Vec<Value>, bool), AppError> {
             format!("at most {MAX_DOCUMENTS} documents per request"),
         ));
     }
-    Ok((docs, indexed))
-}
-
-/// Checks each document's `id` and its value at the partition-key path (`pk_path`: `/state`,
-/// or nested `/a/b`); `indexed` when the body was an array, so errors name the document `[i]`.
-///
-/// # Errors
-/// `BadRequest` whose field is `id`/`<pk>` for a single document, or `[i].id` / `[i].<pk>` for
-/// an array; nothing is written when any document is invalid.
-fn validate_documents(
-    docs: Vec<Value>,
-    indexed: bool,
-    pk_path: &str,
-) -> Result<Vec<Write>, AppError> {
-    let segments: Vec<&str> = pk_path.trim_start_matches('/').split('/').collect();
-    let pk_field = segments.join(".");
-    let at = |i: usize, field: &str| {
-        if indexed {
-            format!("[{i}].{field}")
-        } else {
-            field.to_string()
-        }
-    };
-    let mut writes = Vec::with_capacity(docs.len());
+    let mut with_ids = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
         if !doc.is_object() {
             let field = if indexed {
@@ -115,10 +94,50 @@ fn validate_documents(
         }
         let id = match doc.get("id") {
             Some(Value::String(id)) => id.clone(),
-            Some(_) => return Err(AppError::bad_request(at(i, "id"), "must be a string")),
-            None => return Err(AppError::bad_request(at(i, "id"), "is required")),
+            Some(_) => {
+                return Err(AppError::bad_request(
+                    field_at(indexed, i, "id"),
+                    "must be a string",
+                ));
+            }
+            None => {
+                return Err(AppError::bad_request(
+                    field_at(indexed, i, "id"),
+                    "is required",
+                ));
+            }
         };
-        check_id(&id).map_err(|m| AppError::bad_request(at(i, "id"), m))?;
+        check_id(&id).map_err(|m| AppError::bad_request(field_at(indexed, i, "id"), m))?;
+        with_ids.push((id, doc));
+    }
+    Ok((with_ids, indexed))
+}
+
+/// The field of document `i` an error names: `[i].<field>` in an array, `<field>` alone.
+fn field_at(indexed: bool, i: usize, field: &str) -> String {
+    if indexed {
+        format!("[{i}].{field}")
+    } else {
+        field.to_string()
+    }
+}
+
+/// Checks each document's value at the partition-key path (`pk_path`: `/state`, or nested
+/// `/a/b`) and that no two documents are the same one; `docs` as [`parse_batch`] returned them.
+///
+/// # Errors
+/// `BadRequest` whose field is `<pk>` / `id` for a single document, or `[i].<pk>` / `[i].id`
+/// for an array; nothing is written when any document is invalid.
+fn validate_documents(
+    docs: Vec<(String, Value)>,
+    indexed: bool,
+    pk_path: &str,
+) -> Result<Vec<Write>, AppError> {
+    let segments: Vec<&str> = pk_path.trim_start_matches('/').split('/').collect();
+    let pk_field = segments.join(".");
+    let at = |i: usize, field: &str| field_at(indexed, i, field);
+    let mut writes = Vec::with_capacity(docs.len());
+    for (i, (id, doc)) in docs.into_iter().enumerate() {
         let mut pk_value = Some(&doc);
         for s in &segments {
             pk_value = pk_value.and_then(|v| v.get(*s));

@@ -17,6 +17,16 @@ fn field_of(e: AppError) -> String {
 }
 
 #[test]
+fn the_function_key_is_never_a_filter_in_any_spelling() {
+    let plain = spec_from_query_string(&q(&[("state", "Ohio")])).expect("valid");
+    for name in ["code", "Code", "CODE"] {
+        let spec =
+            spec_from_query_string(&q(&[("state", "Ohio"), (name, "secret-key")])).expect("valid");
+        assert_eq!(spec, plain, "{name}");
+    }
+}
+
+#[test]
 fn get_builds_sorted_parameterized_sql_and_pins_partition() {
     let mut spec = spec_from_query_string(&q(&[
         ("state", "Texas"),
