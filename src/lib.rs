@@ -44,7 +44,7 @@
 //!
 //! ## Following one `GET /api/query?state=Texas` (a hit, forwarding mode)
 //! 1. `protocol/mod.rs`: [`router`] matches `/api/query` (a static route; other spellings of a
-//!    function's name reach the `/api/{function}` route behind it);
+//!    function's name reach the `/api/{function}` route behind it, of the prefix the fallback);
 //! 2. `protocol/forwarding.rs`: the request becomes an [`api::ApiRequest`], the answer an
 //!    HTTP response (`protocol/payload.rs` is the same step for invocation payloads);
 //! 3. `routes/mod.rs`: `dispatch` picks the function;

@@ -110,6 +110,9 @@ async fn every_spelling_of_a_function_path_reaches_it() {
         "/api/Query",
         "/api/QUERY/",
         "/api/qu%65ry",
+        "/API/query",
+        "/Api/Query/",
+        "/API/qu%65ry",
     ] {
         let (status, body) = call(
             Request::get(format!("{path}?maxItemCount=0"))
@@ -163,6 +166,9 @@ async fn every_spelling_of_a_function_path_reaches_it() {
         "/api/query/extra",
         "/queries",
         "/api/qu%FFry",
+        "/API/nope",
+        "/apix/query",
+        "/v1/api/query",
     ] {
         let (status, body) =
             call(Request::post(path).body(Body::from("{}")).expect("request")).await;

@@ -22,12 +22,15 @@ mod envelope;
 mod forwarding;
 mod payload;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
+use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -93,8 +96,27 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
             .route(&format!("/{prefix}/{{function}}"), any(forwarded))
             .route(&format!("/{prefix}/{{function}}/"), any(forwarded));
     }
+    // The host matches the prefix case-insensitively too (`/API/query`) and forwards the path
+    // as the client sent it: such paths miss the routes above and are forwarded from here.
+    let prefix_dir: Option<Arc<str>> = (!prefix.is_empty()).then(|| format!("/{prefix}").into());
     router
-        .fallback(not_found)
+        .fallback(move |State(state): State<AppState>, request: Request| {
+            let prefix_dir = prefix_dir.clone();
+            async move {
+                let path = request.uri().path();
+                let path = path.strip_suffix('/').unwrap_or(path);
+                let under_prefix = path.rsplit_once('/').is_some_and(|(dir, _)| {
+                    prefix_dir
+                        .as_deref()
+                        .is_some_and(|p| dir.eq_ignore_ascii_case(p))
+                });
+                if under_prefix {
+                    forwarded.call(request, state).await
+                } else {
+                    not_found().await
+                }
+            }
+        })
         // e.g. `GET /invalidate` or `GET /query` (payload mode is POST only): a JSON 405, not
         // axum's empty one.
         .method_not_allowed_fallback(method_not_allowed)
