@@ -10,7 +10,8 @@
 //! - `redis.rs`: `REDIS_CONNECTION_STRING`'s two grammars;
 //! - `cosmos.rs`: the Cosmos account settings, its connection string and endpoint/key checks;
 //! - `identity.rs`: the keyless (Microsoft Entra ID) settings of both, in the Functions host's
-//!   identity-based connection form (`CosmosDB__accountEndpoint`, `Redis__redisHostName`, ...).
+//!   identity-based connection form (`CosmosDB__accountEndpoint`, `Redis__redisHostName`, ...);
+//! - `route_prefix.rs`: the route prefix, from `host.json` or the app setting overriding it.
 //!
 //! Secrets are azure_core's [`Secret`]: its `Debug` is redacted and it has no `Display`.
 
@@ -19,11 +20,13 @@ use std::time::Duration;
 mod cosmos;
 mod identity;
 mod redis;
+mod route_prefix;
 
 pub use azure_core::credentials::Secret;
 pub use cosmos::{CosmosAuth, CosmosSettings, cosmos_from_env, parse_cosmos_connection_string};
 pub use identity::{CredentialKind, RedisIdentity};
 pub use redis::{RedisTarget, parse_redis_connection_string};
+pub use route_prefix::{ROUTE_PREFIX_SETTING, check_route_prefix, route_prefix};
 
 use cosmos::cosmos_from;
 
