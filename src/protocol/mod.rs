@@ -103,13 +103,10 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
         .fallback(move |State(state): State<AppState>, request: Request| {
             let prefix_dir = prefix_dir.clone();
             async move {
-                let path = request.uri().path();
-                let path = path.strip_suffix('/').unwrap_or(path);
-                let under_prefix = path.rsplit_once('/').is_some_and(|(dir, _)| {
-                    prefix_dir
-                        .as_deref()
-                        .is_some_and(|p| dir.eq_ignore_ascii_case(p))
-                });
+                let (dir, _) = dir_and_name(request.uri().path());
+                let under_prefix = prefix_dir
+                    .as_deref()
+                    .is_some_and(|p| dir.eq_ignore_ascii_case(p));
                 if under_prefix {
                     forwarded.call(request, state).await
                 } else {
@@ -205,6 +202,13 @@ async fn run(
     (response, line)
 }
 
+/// A request path split at its last `/`, one trailing `/` ignored: `/api/query/` →
+/// (`/api`, `query`), `/query` → (``, `query`).
+fn dir_and_name(path: &str) -> (&str, &str) {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
 /// The function a request names: the last segment of its path (`/query`, `/api/query`,
 /// `/api/Query/`, `/api/qu%65ry`: percent-decoded, as axum's `Path` decodes), read in place, so
 /// the static routes need no path parameter. `None` for a name that is not a function.
@@ -214,9 +218,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Named {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let path = parts.uri.path();
-        let path = path.strip_suffix('/').unwrap_or(path);
-        let name = path.rsplit_once('/').map_or(path, |(_, last)| last);
+        let (_, name) = dir_and_name(parts.uri.path());
         let function = if name.contains('%') {
             percent_encoding::percent_decode_str(name)
                 .decode_utf8()
