@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::Request;
 use cosmos_cache_handler::config::Settings;
-use cosmos_cache_handler::store::{PkValue, QueryPage, QuerySpec, Store, StoreError};
+use cosmos_cache_handler::store::{PkValue, QueryPage, QuerySpec, Store, StoreError, WriteError};
 use http_body_util::BodyExt;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -64,7 +64,7 @@ impl Store for RecordingStore {
         Ok(1.0)
     }
 
-    async fn delete(&self, _pk: &PkValue, _id: &str) -> Result<f64, StoreError> {
+    async fn delete(&self, _pk: &PkValue, _id: &str) -> Result<f64, WriteError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(1.0)
     }

@@ -7,6 +7,9 @@
 //!
 //! The invalidation runs only after Cosmos answered. It also runs when a write failed part-way:
 //! a write that errored or timed out may still have been applied, and an extra miss is cheap.
+//! It is skipped only when no write can have changed the container
+//! ([`crate::store::WriteError::maybe_applied`]): during a Cosmos outage the cached pages are
+//! all the instances can serve.
 
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
@@ -19,7 +22,7 @@ use crate::error::AppError;
 use crate::routes::query::MAX_PARTITION_KEY_BYTES;
 use crate::state::AppState;
 use crate::store::PkValue;
-use crate::store::StoreError;
+use crate::store::WriteError;
 use crate::store::Written;
 
 /// Most documents one `POST` may carry.
@@ -200,31 +203,33 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
     let writes = validate_documents(docs, indexed, &pk_path)?;
     let total = writes.len();
     let single = !indexed;
-    let results: Vec<(usize, Result<Written, AppError>)> =
+    let results: Vec<(usize, Result<Written, WriteError>)> =
         futures::stream::iter(writes.into_iter().enumerate())
             .map(|(i, w)| {
                 let store = state.store.clone();
-                async move {
-                    (
-                        i,
-                        store
-                            .upsert_versioned(&w.pk, &w.id, &w.doc)
-                            .await
-                            .map_err(AppError::from),
-                    )
-                }
+                async move { (i, store.upsert_versioned(&w.pk, &w.id, &w.doc).await) }
             })
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
     // Invalidate after Cosmos answered, whether or not every write succeeded: a write that
-    // errored or timed out may still have been applied. The versions of the acknowledged ones
-    // are recorded with the bump, so the change-feed function does not bump for them again.
+    // errored or timed out may still have been applied. Only when no write can have changed
+    // the container (each failed before reaching Cosmos, or was refused by it) are the cached
+    // pages left alone: during a Cosmos outage they are all the instances can serve.
+    let changed = results
+        .iter()
+        .any(|(_, r)| r.as_ref().map_or_else(|e| e.maybe_applied, |_| true));
+    // The versions of the acknowledged writes are recorded with the bump, so the change-feed
+    // function does not bump for them again.
     let versions: Vec<String> = results
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok().and_then(|w| w.version.clone()))
         .collect();
-    let invalidation = state.cache.invalidate_writes(&versions).await;
+    let invalidation = if changed {
+        Some(state.cache.invalidate_writes(&versions).await)
+    } else {
+        None
+    };
     let written = results.iter().filter(|(_, r)| r.is_ok()).count();
     let charge: f64 = results
         .iter()
@@ -232,7 +237,7 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
         .sum();
     let first_error = results
         .into_iter()
-        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .filter_map(|(i, r)| r.err().map(|e| (i, AppError::from(e.error))))
         .min_by_key(|(i, _)| *i);
     if let Some((i, cause)) = first_error {
         let cause = match cause {
@@ -263,7 +268,7 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
         Bytes::from(json!({ "upserted": total }).to_string()),
     );
     response.request_charge = Some(charge);
-    response.invalidation = Some(invalidation_header(invalidation));
+    response.invalidation = invalidation.map(invalidation_header);
     Ok(response)
 }
 
@@ -299,19 +304,20 @@ fn delete_target(req: &ApiRequest) -> Result<(String, PkValue), AppError> {
 async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
     let (id, pk) = delete_target(req)?;
     check_id(&id).map_err(|m| AppError::bad_request("id", m))?;
-    let result = match state.store.delete(&pk, &id).await {
-        // Nothing was deleted, so nothing to invalidate.
-        Err(e @ StoreError::NotFound(_)) => return Err(e.into()),
-        other => other,
+    let result = state.store.delete(&pk, &id).await;
+    let invalidation = match &result {
+        // Nothing was deleted (no such document, or the delete never reached Cosmos): the
+        // cached pages still hold.
+        Err(e) if !e.maybe_applied => None,
+        _ => Some(state.cache.invalidate().await),
     };
-    let invalidation = state.cache.invalidate().await;
-    let charge = result?;
+    let charge = result.map_err(|e| AppError::from(e.error))?;
     let mut response = ApiResponse::json(
         StatusCode::OK,
         Bytes::from(json!({ "deleted": 1 }).to_string()),
     );
     response.request_charge = Some(charge);
-    response.invalidation = Some(invalidation_header(invalidation));
+    response.invalidation = invalidation.map(invalidation_header);
     Ok(response)
 }
 

@@ -21,7 +21,9 @@ use crate::config::{CosmosAuth, CosmosSettings, names};
 use crate::identity::TokenSource;
 
 use super::failure::{container_missing, map_error, write_error};
-use super::{PkValue, QueryPage, QuerySpec, Store, StoreError, Written, normalize_etag};
+use super::{
+    PkValue, QueryPage, QuerySpec, Store, StoreError, WriteError, Written, normalize_etag,
+};
 
 /// The opened container: its client and its partition-key path.
 pub(super) struct Container {
@@ -63,6 +65,14 @@ impl CosmosStore {
             token_source,
             client: OnceCell::new(),
             container: OnceCell::new(),
+        }
+    }
+
+    /// [`Self::name_the_setting`] for a failed write.
+    fn name_the_setting_of_write(&self, e: WriteError) -> WriteError {
+        WriteError {
+            error: self.name_the_setting(e.error),
+            ..e
         }
     }
 
@@ -215,7 +225,10 @@ impl Store for CosmosStore {
     }
 
     async fn upsert(&self, pk: &PkValue, id: &str, doc: &Value) -> Result<f64, StoreError> {
-        Ok(self.upsert_versioned(pk, id, doc).await?.request_charge)
+        self.upsert_versioned(pk, id, doc)
+            .await
+            .map(|w| w.request_charge)
+            .map_err(|e| e.error)
     }
 
     async fn upsert_versioned(
@@ -223,16 +236,16 @@ impl Store for CosmosStore {
         pk: &PkValue,
         id: &str,
         doc: &Value,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<Written, WriteError> {
         self.upsert_item(pk, id, doc)
             .await
-            .map_err(|e| self.name_the_setting(e))
+            .map_err(|e| self.name_the_setting_of_write(e))
     }
 
-    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {
+    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, WriteError> {
         self.delete_item(pk, id)
             .await
-            .map_err(|e| self.name_the_setting(e))
+            .map_err(|e| self.name_the_setting_of_write(e))
     }
 }
 
@@ -242,7 +255,7 @@ impl CosmosStore {
         pk: &PkValue,
         id: &str,
         doc: &Value,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<Written, WriteError> {
         /// Only the version of the returned document (serde skips the rest unparsed).
         #[derive(serde::Deserialize)]
         struct Version {
@@ -275,14 +288,19 @@ impl CosmosStore {
         })
     }
 
-    async fn delete_item(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError> {
+    async fn delete_item(&self, pk: &PkValue, id: &str) -> Result<f64, WriteError> {
         let container = &self.container().await?.client;
         let response = container
             .delete_item(pk.to_cosmos()?, id, None)
             .await
             .map_err(|e| {
                 if e.status().is_not_found() && e.is_from_wire() {
-                    StoreError::NotFound(format!("no document with id {id:?} in that partition"))
+                    WriteError {
+                        error: StoreError::NotFound(format!(
+                            "no document with id {id:?} in that partition"
+                        )),
+                        maybe_applied: false,
+                    }
                 } else {
                     write_error(&self.settings, &e, "delete")
                 }

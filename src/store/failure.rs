@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use azure_data_cosmos::CosmosError;
 
-use super::{QuerySpec, StoreError};
+use super::{QuerySpec, StoreError, WriteError};
 use crate::config::CosmosSettings;
 
 /// Cosmos sub-status codes the mapping needs. Numbers from `azure_data_cosmos_driver` 1.0.0
@@ -222,8 +222,20 @@ pub(super) fn query_error(
     map_error(e, "query")
 }
 
-/// Cosmos refusals the client can act on keep their status; the rest as [`map_error`].
+/// A failed write: Cosmos refusals the client can act on keep their status, the rest as
+/// [`map_error`]; with whether it may have been applied (`applied.rs`).
 pub(super) fn write_error(
+    settings: &CosmosSettings,
+    e: &CosmosError,
+    operation: &'static str,
+) -> WriteError {
+    WriteError {
+        error: write_failure(settings, e, operation),
+        maybe_applied: super::applied::may_have_been_applied(e),
+    }
+}
+
+fn write_failure(
     settings: &CosmosSettings,
     e: &CosmosError,
     operation: &'static str,

@@ -6,11 +6,14 @@
 //!   `=1.0.0`: its API moved a lot between releases);
 //! - `paging.rs`: whether a query has more pages, from the SDK's token;
 //! - `failure.rs`: how an SDK error (status, sub-status, wire or client-side) becomes a
-//!   [`StoreError`].
+//!   [`StoreError`];
+//! - `applied.rs`: whether a failed write may still have changed the container
+//!   ([`WriteError::maybe_applied`]).
 
 use async_trait::async_trait;
 use serde_json::Value;
 
+mod applied;
 mod cosmos;
 mod failure;
 mod paging;
@@ -150,6 +153,28 @@ pub struct QueryPage {
     pub request_charge: f64,
 }
 
+/// A failed write: what failed, and whether Cosmos DB may have applied it anyway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteError {
+    /// The failure, as any other store call reports it.
+    pub error: StoreError,
+    /// `false` only when every attempt provably left the container unchanged (never sent:
+    /// connection refused, DNS failure; or refused by Cosmos with 400/409/412/413/429), so
+    /// there is nothing to invalidate. `true` when in doubt (a timeout after sending, say).
+    pub maybe_applied: bool,
+}
+
+/// An error raised before the write was attempted counts as "maybe applied" unless the code
+/// says otherwise: the conservative reading (the caller invalidates).
+impl From<StoreError> for WriteError {
+    fn from(error: StoreError) -> Self {
+        Self {
+            error,
+            maybe_applied: true,
+        }
+    }
+}
+
 /// An acknowledged write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
@@ -192,13 +217,14 @@ pub trait Store: Send + Sync + 'static {
     /// knows no version (the change-feed function then treats the write as anyone else's).
     ///
     /// # Errors
-    /// As [`Store::upsert`].
+    /// As [`Store::upsert`], with whether the failed write may have been applied (the default
+    /// cannot tell: always `maybe_applied`).
     async fn upsert_versioned(
         &self,
         pk: &PkValue,
         id: &str,
         doc: &Value,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<Written, WriteError> {
         Ok(Written {
             request_charge: self.upsert(pk, id, doc).await?,
             version: None,
@@ -208,6 +234,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one document; returns the request charge (RU).
     ///
     /// # Errors
-    /// `NotFound` when no document has this id in this partition; otherwise as above.
-    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, StoreError>;
+    /// `NotFound` (not applied) when no document has this id in this partition; otherwise as
+    /// above, with whether the failed delete may have been applied.
+    async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, WriteError>;
 }

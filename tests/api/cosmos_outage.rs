@@ -83,3 +83,87 @@ async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
     assert!(error.get("field").is_none());
     stack.shutdown().await;
 }
+
+/// A stack whose handler reaches Cosmos through a proxy, with `state=Iowa` cached (and the
+/// container's partition-key path known, as on any instance that has served a miss).
+async fn stack_behind_a_proxy() -> (Stack, ChaosProxy, Reply) {
+    let mut stack = Stack::services(Mode::Forwarding, true, &[]);
+    let upstream: std::net::SocketAddr = stack
+        .cosmos
+        .endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the local server's address");
+    let proxy = ChaosProxy::start(upstream).await;
+    stack.set_env(
+        "COSMOS_ENDPOINT",
+        &format!("http://127.0.0.1:{}/", proxy.port),
+    );
+    stack.start_handler().await;
+    let page = stack.get("query?state=Iowa").await;
+    assert_eq!((page.status, page.cache()), (200, "miss"), "{}", page.text);
+    (stack, proxy, page)
+}
+
+/// The writes of [`writes_that_never_reached_cosmos_keep_the_cached_pages`]: one document,
+/// a batch, a delete by query string and by body.
+async fn failed_writes(stack: &Stack) -> Vec<Reply> {
+    let doc = json!({"id": "outage-1", "state": "Iowa", "city": "Nowhere"});
+    let batch = json!([doc, {"id": "outage-2", "state": "Ohio", "city": "Elsewhere"}]);
+    vec![
+        stack.post("update", &doc.to_string()).await,
+        stack.post("update", &batch.to_string()).await,
+        stack.delete("update?id=outage-1&partitionKey=Iowa").await,
+    ]
+}
+
+/// A write during a Cosmos outage used to invalidate the container even when it never left
+/// the handler, so every instance's cached pages of it turned into 503s until Cosmos was back.
+/// A connection refused (nothing listens at the endpoint) proves the write was not sent: the
+/// pages stay, and the client still gets a 503 naming Cosmos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_never_reached_cosmos_keep_the_cached_pages() {
+    let (stack, proxy, page) = stack_behind_a_proxy().await;
+    let generation = stack.generation();
+    // Nothing listens at the endpoint any more: every connection is refused.
+    drop(proxy);
+    for reply in failed_writes(&stack).await {
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert_eq!(
+            reply.json()["error"]["code"],
+            "unavailable",
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.header("x-cache-invalidation"), None, "{}", reply.text);
+    }
+    assert_eq!(
+        stack.generation(),
+        generation,
+        "no write bumped the generation"
+    );
+    let hit = stack.get("query?state=Iowa").await;
+    assert_eq!((hit.status, hit.cache()), (200, "hit"), "{}", hit.text);
+    assert_eq!(hit.text, page.text);
+    stack.shutdown().await;
+}
+
+/// The other side of the rule: a connection that Cosmos's side accepts and then closes may
+/// have carried the write, so the container is invalidated (a stale read is worse than a
+/// miss), and with Cosmos unreachable the page is then a 503, not the old rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_may_have_reached_cosmos_still_invalidates() {
+    let (stack, proxy, _) = stack_behind_a_proxy().await;
+    let (_, before) = stack.generation();
+    proxy.set(Behaviour::Refuse);
+    proxy.cut_all();
+    let doc = json!({"id": "outage-3", "state": "Iowa", "city": "Maybe"});
+    let reply = stack.post("update", &doc.to_string()).await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    let (_, after) = stack.generation();
+    assert!(after > before, "generation {before:?} -> {after:?}");
+    let read = stack.get("query?state=Iowa").await;
+    assert_eq!(read.status, 503, "{}", read.text);
+    stack.shutdown().await;
+}
