@@ -167,3 +167,48 @@ async fn a_write_that_may_have_reached_cosmos_still_invalidates() {
     assert_eq!(read.status, 503, "{}", read.text);
     stack.shutdown().await;
 }
+
+/// The wire side of the rule: a write Cosmos refuses before applying it (409, 412, 429 past
+/// the throttling budget) leaves the pages alone; one Cosmos failed on (a 500) may have been
+/// applied and invalidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_cosmos_refused_keep_the_cached_pages() {
+    let stack = Stack::start_with(
+        Mode::Forwarding,
+        true,
+        &[("COSMOS_THROTTLE_BUDGET_MS", "200")],
+    )
+    .await;
+    let page = stack.get("query?state=Iowa").await;
+    assert_eq!((page.status, page.cache()), (200, "miss"), "{}", page.text);
+    let doc = json!({"id": "refused-1", "state": "Iowa", "city": "Refused"}).to_string();
+    for (status, answer) in [(409, 409), (412, 412), (429, 503)] {
+        let (_, before) = stack.generation();
+        stack
+            .cosmos
+            .fault(json!({"kind": "upsert", "count": 50, "status": status, "retryAfterMs": 10, "db": stack.database}))
+            .await;
+        let reply = stack.post("update", &doc).await;
+        assert_eq!(reply.status, answer, "Cosmos {status}: {}", reply.text);
+        stack.cosmos.clear_faults(&stack.database).await;
+        assert_eq!(stack.generation().1, before, "Cosmos {status}: no bump");
+        let hit = stack.get("query?state=Iowa").await;
+        assert_eq!((hit.status, hit.cache()), (200, "hit"), "Cosmos {status}");
+        assert_eq!(hit.text, page.text);
+    }
+    let (_, before) = stack.generation();
+    stack
+        .cosmos
+        .fault(json!({"kind": "upsert", "count": 50, "status": 500, "db": stack.database}))
+        .await;
+    let reply = stack.post("update", &doc).await;
+    assert_eq!(reply.status, 502, "{}", reply.text);
+    stack.cosmos.clear_faults(&stack.database).await;
+    assert!(
+        stack.generation().1 > before,
+        "a 500 may have been applied: bump"
+    );
+    let read = stack.get("query?state=Iowa").await;
+    assert_eq!((read.status, read.cache()), (200, "miss"), "{}", read.text);
+    stack.shutdown().await;
+}
