@@ -105,6 +105,8 @@ pub struct ApiResponse {
     /// `x-cache-invalidation` header on `update`: `done`, or `pending` when Redis was
     /// unreachable and the invalidation is being retried in the background.
     pub invalidation: Option<&'static str>,
+    /// `Allow` header, on a 405: the methods the path accepts.
+    pub allow: Option<&'static str>,
     /// The body as a JSON string, kept with a page the near cache holds, so that invocation-
     /// payload mode escapes a hot page once instead of on every hit. `None`: escaped per call.
     pub escaped: Option<EscapedBody>,
@@ -168,6 +170,7 @@ impl ApiResponse {
             request_charge: None,
             retry_after_secs: None,
             invalidation: None,
+            allow: None,
             escaped: None,
         }
     }
@@ -183,7 +186,8 @@ impl ApiResponse {
             self.retry_after_secs
                 .map(|s| ("retry-after", Cow::Owned(s.to_string()))),
             self.invalidation
-                .map(|i| ("x-cache-invalidation", Cow::Owned(i.to_string()))),
+                .map(|i| ("x-cache-invalidation", Cow::Borrowed(i))),
+            self.allow.map(|a| ("allow", Cow::Borrowed(a))),
         ]
         .into_iter()
         .flatten()

@@ -56,9 +56,13 @@ pub enum AppError {
         /// Documents in the request.
         total: usize,
     },
-    /// 405: the function does not accept this method.
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// 405: the function does not accept this method; `allow` lists the ones it does (the
+    /// `Allow` header a 405 must carry, RFC 9110 §15.5.6), e.g. `"GET, POST"`.
+    #[error("method not allowed: use {allow}")]
+    MethodNotAllowed {
+        /// The methods the path accepts, comma-separated.
+        allow: &'static str,
+    },
     /// 503 with `Retry-After`: Cosmos DB kept throttling (429) past the retry budget.
     #[error("Cosmos DB is throttling requests")]
     Throttled {
@@ -94,7 +98,7 @@ impl AppError {
             Self::Rejected { status, .. } => *status,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::PartialWrite { cause, .. } => cause.status(),
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Throttled { .. } | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +114,7 @@ impl AppError {
             Self::Rejected { .. } => "rejected",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::PartialWrite { cause, .. } => cause.code(),
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Throttled { .. } => "throttled",
             Self::BadGateway(_) => "bad_gateway",
             Self::Unavailable(_) => "unavailable",
@@ -154,6 +158,9 @@ impl AppError {
         let body = Bytes::from(json!({ "error": error }).to_string());
         let mut response = ApiResponse::json(self.status(), body);
         response.retry_after_secs = self.retry_after_secs();
+        if let Self::MethodNotAllowed { allow } = self {
+            response.allow = Some(allow);
+        }
         response
     }
 }

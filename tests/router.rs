@@ -76,22 +76,81 @@ async fn malformed_invocation_fails_and_unknown_function_is_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Status, `Allow` header and JSON body of `method path`.
+async fn call_method(method: &str, path: &str) -> (StatusCode, Option<String>, serde_json::Value) {
+    let response = app()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, allow, json)
+}
+
 #[tokio::test]
-async fn wrong_method_on_a_payload_path_is_a_json_405() {
-    // Payload paths (`/query`, `/update`, the change feed's `/invalidate`) are POST only.
-    for path in ["/invalidate", "/query", "/update"] {
-        for method in ["GET", "PUT", "DELETE"] {
-            let (status, body) = call(
-                Request::builder()
-                    .method(method)
-                    .uri(path)
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await;
+async fn wrong_method_is_a_json_405_naming_the_allowed_ones() {
+    // Payload paths (`/query`, `/update`, the change feed's `/invalidate`, other spellings of
+    // a function's name) are POST only; the forwarded functions take what their function.json
+    // lists; the probe and the diagnostics are GET.
+    let cases = [
+        ("/invalidate", "POST"),
+        ("/query", "POST"),
+        ("/update", "POST"),
+        ("/Query", "POST"),
+        ("/api/query", "GET, POST"),
+        ("/api/Query/", "GET, POST"),
+        ("/API/query", "GET, POST"),
+        ("/api/update", "POST, DELETE"),
+        ("/_diagnostics", "GET, HEAD"),
+        ("/", "GET, HEAD"),
+    ];
+    for (path, allow) in cases {
+        for method in ["PUT", "PATCH"] {
+            let (status, header, body) = call_method(method, path).await;
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(header.as_deref(), Some(allow), "{method} {path}");
             assert_eq!(
                 body["error"]["code"], "method_not_allowed",
+                "{method} {path}: {body}"
+            );
+        }
+    }
+    for method in ["GET", "DELETE"] {
+        for path in ["/invalidate", "/query", "/update"] {
+            let (status, header, _) = call_method(method, path).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(header.as_deref(), Some("POST"), "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_path_that_names_no_function_is_a_404_whatever_the_method() {
+    // These used to answer 405 (the POST-only `/{function}` route matched them).
+    for path in ["/favicon.ico", "/api", "/nope", "/api/nope", "/robots.txt/"] {
+        for method in ["GET", "POST", "PUT"] {
+            let (status, header, body) = call_method(method, path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+            assert_eq!(header, None, "{method} {path}");
+            assert_eq!(
+                body["error"]["code"], "not_found",
                 "{method} {path}: {body}"
             );
         }

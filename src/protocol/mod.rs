@@ -32,7 +32,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use bytes::Bytes;
@@ -80,7 +80,7 @@ pub fn router(state: AppState, route_prefix: &str) -> Router {
     for function in [Function::Query, Function::Update] {
         router = router.route(&format!("/{}", function.name()), post(invocation));
     }
-    router = router.route("/{function}", post(invocation));
+    router = router.route("/{function}", any(by_name));
     if prefix.is_empty() {
         tracing::warn!("routePrefix is empty: forwarded requests cannot be told from invocations");
     } else {
@@ -157,8 +157,30 @@ async fn not_found() -> Response {
         .into_http()
 }
 
-async fn method_not_allowed() -> Response {
-    AppError::MethodNotAllowed.into_api_response().into_http()
+/// A JSON 405 naming, in `Allow`, what the path takes: GET (and so HEAD) for the readiness
+/// probe and the diagnostics, POST for the invocation paths.
+async fn method_not_allowed(uri: Uri) -> Response {
+    let allow = match uri.path() {
+        "/" | "/_diagnostics" => "GET, HEAD",
+        _ => "POST",
+    };
+    AppError::MethodNotAllowed { allow }
+        .into_api_response()
+        .into_http()
+}
+
+/// `/{name}`: a POST is an invocation; another method is a 405 when the name is a function's
+/// (`GET /Query` in invocation-payload mode) and a 404 when it is no function's
+/// (`GET /favicon.ico`). One `any` handler rather than `post(..).fallback(..)`, whose 404 axum
+/// would give an `Allow: POST` header.
+async fn by_name(State(state): State<AppState>, request: Request) -> Response {
+    if request.method() == Method::POST {
+        return invocation.call(request, state).await;
+    }
+    match function_named(request.uri().path()) {
+        Some(_) => method_not_allowed(request.uri().clone()).await,
+        None => not_found().await,
+    }
 }
 
 /// Dispatches and writes the one log line per invocation; in payload mode also returns the
@@ -218,16 +240,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Named {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let (_, name) = dir_and_name(parts.uri.path());
-        let function = if name.contains('%') {
-            percent_encoding::percent_decode_str(name)
-                .decode_utf8()
-                .ok()
-                .and_then(|name| Function::from_name(&name))
-        } else {
-            Function::from_name(name)
-        };
-        Ok(Self(function))
+        Ok(Self(function_named(parts.uri.path())))
+    }
+}
+
+/// The function the last segment of `path` names (percent-decoded), if any.
+fn function_named(path: &str) -> Option<Function> {
+    let (_, name) = dir_and_name(path);
+    if name.contains('%') {
+        percent_encoding::percent_decode_str(name)
+            .decode_utf8()
+            .ok()
+            .and_then(|name| Function::from_name(&name))
+    } else {
+        Function::from_name(name)
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     } else if req.method == Method::POST {
         spec_from_body(&req.body)?
     } else {
-        return Err(AppError::MethodNotAllowed);
+        return Err(AppError::MethodNotAllowed { allow: "GET, POST" });
     };
     check_nesting(&client_spec.text)?;
     // The cache key is the client's request as sent. Pinning a GET to the partition of its

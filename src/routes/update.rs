@@ -41,7 +41,9 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     } else if req.method == Method::DELETE {
         delete(state, req).await
     } else {
-        Err(AppError::MethodNotAllowed)
+        Err(AppError::MethodNotAllowed {
+            allow: "POST, DELETE",
+        })
     }
 }
 
