@@ -78,6 +78,8 @@ pub struct GuardedRedis {
     pub reauth_failures: AtomicU64,
     /// Entra ID: the token source and user (`None` with a password or no auth).
     entra: Option<EntraCredentials>,
+    /// How connections authenticate, for diagnostics: `entra-id`, `password` or `none`.
+    auth: &'static str,
 }
 
 impl GuardedRedis {
@@ -93,6 +95,13 @@ impl GuardedRedis {
         timeout: Duration,
         entra: Option<EntraCredentials>,
     ) -> Result<Arc<Self>, String> {
+        let auth = if entra.is_some() {
+            "entra-id"
+        } else if info.redis_settings().password().is_some() {
+            "password"
+        } else {
+            "none"
+        };
         let connector = if cluster {
             let mut builder = redis::cluster::ClusterClientBuilder::new(vec![info]);
             if let Some(credentials) = &entra {
@@ -134,6 +143,7 @@ impl GuardedRedis {
             reauths: AtomicU64::new(0),
             reauth_failures: AtomicU64::new(0),
             entra: entra.clone(),
+            auth,
         });
         if let (Some(runtime), Some(credentials)) = (runtime, entra) {
             runtime.spawn(reauth_loop(Arc::downgrade(&guard), credentials));
@@ -141,9 +151,10 @@ impl GuardedRedis {
         Ok(guard)
     }
 
-    /// Whether connections authenticate with Entra ID tokens.
-    pub fn uses_entra_id(&self) -> bool {
-        self.entra.is_some()
+    /// How connections authenticate: `entra-id` (tokens), `password` (from the connection
+    /// string; with or without a user) or `none`. Never the secret itself.
+    pub fn auth_kind(&self) -> &'static str {
+        self.auth
     }
 
     /// `AUTH <user> <token>` on the open connection (a single endpoint), or on every node's

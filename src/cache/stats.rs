@@ -59,7 +59,7 @@ impl Cache {
             "circuitOpened": n(&r.opened),
             "circuitSkipped": n(&r.skipped),
             "invalidationPending": self.invalidation_pending(),
-            "redisAuth": if r.uses_entra_id() { "entra-id" } else { "password" },
+            "redisAuth": r.auth_kind(),
             "reauths": n(&r.reauths),
             "reauthFailures": n(&r.reauth_failures),
             "local": self.inner.near.as_ref().map(|(near, _)| {

@@ -108,6 +108,8 @@ async fn black_hole_is_bounded_by_the_timeout_and_the_breaker() {
     let diagnostics = stack.diagnostics().await["cache"].clone();
     println!("black hole: 30 requests, slowest {slowest:?}, diagnostics {diagnostics}");
     assert!(diagnostics["circuitOpened"].as_u64() >= Some(1));
+    // The test's Redis has no password (it used to say "password" here).
+    assert_eq!(diagnostics["redisAuth"], "none");
     assert!(
         diagnostics["circuitSkipped"].as_u64() >= Some(15),
         "the breaker skipped Redis instead of paying the timeout each time"
@@ -133,6 +135,15 @@ async fn wrongpass_after_key_rotation_recovers_without_restart() {
     stack.start_handler().await;
     assert_eq!(stack.get("query?state=Kansas").await.cache(), "miss");
     assert_eq!(stack.get("query?state=Kansas").await.cache(), "hit");
+    let diagnostics = stack.diagnostics().await.to_string();
+    assert!(
+        diagnostics.contains(r#""redisAuth":"password""#),
+        "{diagnostics}"
+    );
+    assert!(
+        !diagnostics.contains("old-key"),
+        "no secret in {diagnostics}"
+    );
 
     let admin = |command: &[&str], password: &str| {
         let mut conn = redis::Client::open(format!(
