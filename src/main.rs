@@ -77,8 +77,11 @@ async fn serve() -> ExitCode {
     let settings = match config::Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
-            // stderr: the host logs it as an Error (protocol §3.2). The value is never printed.
-            eprintln!("configuration error: {e}");
+            // An ERROR line (stderr: the host logs it as an Error, protocol §3.2), in the
+            // format LOG_FORMAT asks for, where it can be read. The value is never printed.
+            let json = config::json_logs(|name| std::env::var(name).ok()).unwrap_or(false);
+            let _logs = telemetry::init(json);
+            tracing::error!("configuration error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -93,14 +96,14 @@ async fn serve() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", settings.port)).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot listen on 127.0.0.1:{}: {e}", settings.port);
+            tracing::error!("cannot listen on 127.0.0.1:{}: {e}", settings.port);
             return ExitCode::FAILURE;
         }
     };
     match cosmos_cache_handler::run(listener, &settings, &app_root, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("start-up error: {e}");
+            tracing::error!("start-up error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -87,7 +87,10 @@ fn configuration_errors_name_the_setting_never_the_value() {
             "COSMOS_ENDPOINT",
         ),
     ];
-    for (name, value, expected) in cases {
+    for ((name, value, expected), format) in cases
+        .into_iter()
+        .flat_map(|case| [(case.clone(), "text"), (case, "json")])
+    {
         let mut env = unreachable_services();
         env.retain(|(k, _)| *k != name);
         if let Some(v) = value {
@@ -96,6 +99,7 @@ fn configuration_errors_name_the_setting_never_the_value() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_handler"))
             .env_clear()
             .envs(env)
+            .env("LOG_FORMAT", format)
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", free_port().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -115,7 +119,33 @@ fn configuration_errors_name_the_setting_never_the_value() {
             !stderr.contains(secret),
             "{name} leaked its value: {stderr}"
         );
+        if format == "json" {
+            // With LOG_FORMAT=json the error is a JSON line too, as every other line is.
+            for line in stderr.lines() {
+                let line: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{name}: not a JSON line ({e}): {line}"));
+                assert_eq!(line["level"], "ERROR", "{name}: {line}");
+            }
+        }
     }
+}
+
+/// A port already taken is a start-up failure naming the port, in the configured format.
+#[test]
+fn a_taken_port_is_an_error_line_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let child = spawn_handler(port, &[("LOG_FORMAT", "json")], Stdio::piped());
+    let output = child.wait_with_output().expect("exits");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON line in {stderr}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    let message = line["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{line}");
 }
 
 /// Stdout (INFO: the per-invocation lines) is written in batches by a thread of its own: the

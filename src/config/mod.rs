@@ -188,6 +188,25 @@ pub struct Settings {
     pub notices: Vec<String>,
 }
 
+/// `LOG_FORMAT` through `get`: JSON lines for `json`, and by default on Azure (where
+/// `WEBSITE_INSTANCE_ID` is set on every App Service / Functions instance); text for `text`,
+/// and by default elsewhere.
+///
+/// # Errors
+/// `LOG_FORMAT` set to anything else.
+pub fn json_logs(get: impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
+    let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    match get(names::LOG_FORMAT).as_deref().map(str::trim) {
+        Some("json") => Ok(true),
+        Some("text") => Ok(false),
+        Some(_) => Err(ConfigError::new(
+            names::LOG_FORMAT,
+            "must be `json` or `text`",
+        )),
+        None => Ok(get("WEBSITE_INSTANCE_ID").is_some()),
+    }
+}
+
 impl Settings {
     /// Reads every setting from the process environment.
     ///
@@ -301,18 +320,7 @@ impl Settings {
         };
         let cosmos_throttle_budget =
             Duration::from_millis(number(names::COSMOS_THROTTLE_BUDGET_MS, 5_000, 0, 120_000)?);
-        let json_logs = match get(names::LOG_FORMAT).as_deref().map(str::trim) {
-            Some("json") => true,
-            Some("text") => false,
-            Some(_) => {
-                return Err(ConfigError::new(
-                    names::LOG_FORMAT,
-                    "must be `json` or `text`",
-                ));
-            }
-            // WEBSITE_INSTANCE_ID is set on every Azure App Service / Functions instance.
-            None => get("WEBSITE_INSTANCE_ID").is_some(),
-        };
+        let json_logs = json_logs(get)?;
         Ok(Settings {
             port,
             redis,
