@@ -194,6 +194,43 @@ impl ApiResponse {
     }
 }
 
+/// The pairs of a raw query string (`a=1&b=St.%20Louis`), percent-decoded with `+` as a space
+/// (`application/x-www-form-urlencoded`, as the Functions host reads `req.Query`).
+///
+/// # Errors
+/// The first parameter whose name (then: the name as sent) or value (then: the decoded name)
+/// is not UTF-8 once percent-decoded (`?city=%FF`): decoding it lossily would run, and cache, a
+/// query for U+FFFD the client never sent.
+pub fn query_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+        .into_owned()
+        .collect();
+    // Lossy decoding leaves U+FFFD where bytes were not UTF-8; a client may also send U+FFFD
+    // itself (`%EF%BF%BD`): only then are the raw pairs decoded again, strictly.
+    if pairs
+        .iter()
+        .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+    {
+        let utf8 = |s: &str| {
+            percent_encoding::percent_decode(s.replace('+', " ").as_bytes())
+                .decode_utf8()
+                .is_ok()
+        };
+        for part in raw.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            if !utf8(name) {
+                return Err(name.to_string());
+            }
+            if !utf8(value) {
+                let name = name.replace('+', " ");
+                let field = percent_encoding::percent_decode(name.as_bytes());
+                return Err(field.decode_utf8_lossy().into_owned());
+            }
+        }
+    }
+    Ok(pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +263,27 @@ mod tests {
         }
         let page = include_bytes!("../tests/protocol/octet-stream-body-is-base64.json");
         assert_eq!(escaped_len(page), escape(page).len());
+    }
+
+    #[test]
+    fn query_pairs_refuse_what_is_not_utf8_once_decoded() {
+        let ok = |raw: &str| query_pairs(raw).expect(raw);
+        assert_eq!(
+            ok("city=St.%20Louis&state=Missouri+State"),
+            [("city", "St. Louis"), ("state", "Missouri State")].map(|(k, v)| (k.into(), v.into()))
+        );
+        // U+FFFD sent by the client itself, and a lone `%` (kept as is), are not errors.
+        assert_eq!(ok("q=%EF%BF%BD")[0].1, "\u{FFFD}");
+        assert_eq!(ok("q=100%")[0].1, "100%");
+        assert_eq!(ok("").len(), 0);
+        for (raw, field) in [
+            ("city=%FF", "city"),
+            ("state=Ohio&city=%C3", "city"),
+            ("n%FFme=x", "n%FFme"),
+            ("a=%EF%BF%BD&b=%E2%82", "b"),
+            ("flag%80", "flag%80"),
+        ] {
+            assert_eq!(query_pairs(raw), Err(field.to_string()), "{raw}");
+        }
     }
 }

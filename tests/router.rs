@@ -259,6 +259,37 @@ async fn client_errors_need_no_backend() {
     assert_eq!(body["cache"]["circuit"], "closed");
 }
 
+/// A query string whose percent-decoding is not UTF-8 is a 400 naming the parameter, in both
+/// modes (it used to be decoded to U+FFFD, run against Cosmos and cached).
+#[tokio::test]
+async fn a_query_value_that_is_not_utf8_is_a_400_naming_it() {
+    for (query, field) in [("state=Ohio&city=%FF", "city"), ("n%C3=1", "n%C3")] {
+        let (status, body) = call(
+            Request::get(format!("/api/query?{query}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+        // Payload mode, where the host sent only the URL (no `Query` object).
+        let invocation = serde_json::json!({
+            "Data": {"req": {"Method": "GET", "Url": format!("http://h/api/query?{query}")}},
+            "Metadata": {}
+        });
+        let (status, body) = call(
+            Request::post("/query")
+                .header("content-type", "application/json")
+                .body(Body::from(invocation.to_string()))
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{query}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_a_json_413() {
     let big = vec![b' '; cosmos_cache_handler::protocol::BODY_LIMIT + 1];

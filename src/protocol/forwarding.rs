@@ -10,7 +10,8 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::{BODY_LIMIT, InvocationId, Named, function_and_body, json_response, run};
-use crate::api::{ApiRequest, ApiResponse};
+use crate::api::{ApiRequest, ApiResponse, query_pairs};
+use crate::error::AppError;
 use crate::state::AppState;
 
 /// Forwarding/proxying mode: the client's own request (§6, §7).
@@ -26,9 +27,14 @@ pub(super) async fn forwarded(
         Ok(found) => found,
         Err(e) => return e.into_api_response().into_http(),
     };
-    let query = raw_query
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query = match raw_query.as_deref().map(query_pairs).transpose() {
+        Ok(pairs) => pairs.unwrap_or_default(),
+        Err(field) => {
+            return AppError::bad_request(field, "is not UTF-8 once percent-decoded")
+                .into_api_response()
+                .into_http();
+        }
+    };
     let request = ApiRequest {
         function,
         method,

@@ -12,7 +12,7 @@ use super::envelope::Envelope;
 use super::{
     BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, Named, function_and_body, json_response, run,
 };
-use crate::api::{ApiRequest, ApiResponse, Function};
+use crate::api::{ApiRequest, ApiResponse, Function, query_pairs};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -120,7 +120,10 @@ pub fn parse_invocation(
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| "Data.req.Method is not an HTTP method".to_string())?;
     let query = match &req.query {
-        None | Some(Value::Null) => query_from_url(req.url.as_ref().and_then(Value::as_str)),
+        None | Some(Value::Null) => query_from_url(req.url.as_ref().and_then(Value::as_str))
+            .map_err(|field| {
+                format!("Data.req.Url: query parameter {field:?} is not UTF-8 once percent-decoded")
+            })?,
         Some(Value::Object(map)) => object_pairs(map),
         Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => object_pairs(&map),
@@ -176,10 +179,11 @@ fn object_pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn query_from_url(url: Option<&str>) -> Vec<(String, String)> {
+fn query_from_url(url: Option<&str>) -> Result<Vec<(String, String)>, String> {
     url.and_then(|u| u.split_once('?'))
-        .map(|(_, q)| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+        .map(|(_, q)| query_pairs(q))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 #[cfg(test)]
