@@ -308,8 +308,8 @@ async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
     check_id(&id).map_err(|m| AppError::bad_request("id", m))?;
     let result = state.store.delete(&pk, &id).await;
     let invalidation = match &result {
-        // Nothing was deleted (no such document, or the delete never reached Cosmos): the
-        // cached pages still hold.
+        // Nothing was deleted (no such document, and no earlier attempt could have deleted it;
+        // or the delete never reached Cosmos): the cached pages still hold.
         Err(e) if !e.maybe_applied => None,
         _ => Some(state.cache.invalidate().await),
     };

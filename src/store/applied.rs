@@ -14,9 +14,10 @@
 use azure_data_cosmos::CosmosError;
 
 /// Wire statuses with which Cosmos DB refuses a write before applying it: 400 (bad request),
-/// 409 (conflict), 412 (precondition failed), 413 (entity too large), 429 (request rate too
-/// large; "the request was not executed", Cosmos DB REST status codes).
-const REFUSED_BEFORE_APPLYING: [u16; 5] = [400, 409, 412, 413, 429];
+/// 404 (no such document or container), 409 (conflict), 412 (precondition failed), 413
+/// (entity too large), 429 (request rate too large; "the request was not executed"), from the
+/// Cosmos DB REST API's status codes.
+const REFUSED_BEFORE_APPLYING: [u16; 6] = [400, 404, 409, 412, 413, 429];
 
 /// `false` only when every attempt of the failed write provably left the container unchanged:
 /// the SDK recorded at least one attempt, and each one (with every transport retry inside it)
@@ -24,6 +25,9 @@ const REFUSED_BEFORE_APPLYING: [u16; 5] = [400, 409, 412, 413, 429];
 /// NotSent`) or was refused by Cosmos with a status from [`REFUSED_BEFORE_APPLYING`].
 /// `true` in every other case, among them a timeout after sending and an error without
 /// diagnostics: when in doubt, the caller invalidates (a stale read is worse than a miss).
+///
+/// A delete answered 404 is the case that shows why: when an earlier attempt was sent and
+/// timed out, it may have deleted the document, and the SDK's retry then finds nothing.
 pub(super) fn may_have_been_applied(e: &CosmosError) -> bool {
     let Some(diagnostics) = e.diagnostics() else {
         return true;

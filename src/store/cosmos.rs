@@ -299,7 +299,8 @@ impl CosmosStore {
                         error: StoreError::NotFound(format!(
                             "no document with id {id:?} in that partition"
                         )),
-                        maybe_applied: false,
+                        // An earlier attempt that timed out may have deleted it.
+                        maybe_applied: super::applied::may_have_been_applied(&e),
                     }
                 } else {
                     write_error(&self.settings, &e, "delete")

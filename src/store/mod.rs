@@ -234,7 +234,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one document; returns the request charge (RU).
     ///
     /// # Errors
-    /// `NotFound` (not applied) when no document has this id in this partition; otherwise as
+    /// `NotFound` when no document has this id in this partition; otherwise as
     /// above, with whether the failed delete may have been applied.
     async fn delete(&self, pk: &PkValue, id: &str) -> Result<f64, WriteError>;
 }

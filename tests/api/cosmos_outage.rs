@@ -212,3 +212,67 @@ async fn writes_cosmos_refused_keep_the_cached_pages() {
     assert_eq!((read.status, read.cache()), (200, "miss"), "{}", read.text);
     stack.shutdown().await;
 }
+
+/// A delete whose answer is lost after Cosmos applied it: the SDK's retry (deletes are retried
+/// after an ambiguous failure) finds no document and answers 404. The 404 alone reads "nothing
+/// was deleted"; the first attempt's record says it may have been, so the container is
+/// invalidated and the deleted city never comes back from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_answer_was_lost_never_leaves_the_city_cached() {
+    let mut stack = Stack::services(Mode::Forwarding, true, &[]);
+    let upstream: std::net::SocketAddr = stack
+        .cosmos
+        .endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the local server's address");
+    let proxy = ChaosProxy::start(upstream).await;
+    stack.set_env(
+        "COSMOS_ENDPOINT",
+        &format!("http://127.0.0.1:{}/", proxy.port),
+    );
+    // A lost answer times out after 0.5 s instead of the SDK's default 6 s.
+    stack.set_env(
+        "AZURE_COSMOS_CONNECTION_POOL_MAX_DATAPLANE_REQUEST_TIMEOUT_MS",
+        "500",
+    );
+    stack.start_handler().await;
+    let page = stack.get("query?state=Iowa").await;
+    assert_eq!((page.status, page.cache()), (200, "miss"), "{}", page.text);
+    let id = page.json()["items"][0]["id"]
+        .as_str()
+        .expect("an Iowa city")
+        .to_string();
+
+    proxy.set(Behaviour::DropAnswers);
+    let delete = {
+        let path = format!("update?id={id}&partitionKey=Iowa");
+        let stack = &stack;
+        async move { stack.delete(&path).await }
+    };
+    let restore = async {
+        // The first attempt has reached Cosmos (and been applied) well before it times out.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        proxy.set(Behaviour::Pass);
+    };
+    let (reply, ()) = tokio::join!(delete, restore);
+    println!(
+        "delete with its answer lost: {} {}",
+        reply.status, reply.text
+    );
+    assert!(
+        [404, 503].contains(&reply.status),
+        "a 404 (the retry found nothing) or a 503 (no retry): {}",
+        reply.text
+    );
+    let after = stack.get("query?state=Iowa").await;
+    assert_eq!(after.status, 200, "{}", after.text);
+    assert_ne!(after.cache(), "hit", "the page cached before the delete");
+    assert!(
+        !after.text.contains(&format!("\"id\":\"{id}\"")),
+        "{id} was deleted: {}",
+        after.text
+    );
+    stack.shutdown().await;
+}

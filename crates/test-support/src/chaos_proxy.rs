@@ -23,6 +23,9 @@ pub enum Behaviour {
     BlackHole,
     /// Close every new connection at once, like a server that is down.
     Refuse,
+    /// Forward the client's bytes; read the server's and drop them: an answer lost on the way
+    /// back, after the server acted on the request.
+    DropAnswers,
     /// Forward both ways, every chunk this long after it arrived (order kept): a slow path,
     /// such as a congested link or a far region.
     Delay(Duration),
@@ -127,9 +130,13 @@ fn now(behaviour: &Mutex<Behaviour>) -> Behaviour {
     *behaviour.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether open connections carry bytes under `behaviour`.
+/// Whether the server's side of open connections is read under `behaviour` (in a black hole
+/// its bytes wait in the socket).
 fn forwards(behaviour: Behaviour) -> bool {
-    matches!(behaviour, Behaviour::Pass | Behaviour::Delay(_))
+    matches!(
+        behaviour,
+        Behaviour::Pass | Behaviour::Delay(_) | Behaviour::DropAnswers
+    )
 }
 
 /// Which way a [`pump`] moves bytes.
@@ -167,6 +174,8 @@ async fn pump(
             // opened must not forward what it got.
             let at = match now(&behaviour) {
                 Behaviour::Pass => Instant::now(),
+                Behaviour::DropAnswers if direction == Direction::ToClient => continue,
+                Behaviour::DropAnswers => Instant::now(),
                 Behaviour::Delay(by) => Instant::now() + by,
                 // `Refuse` only turns new connections away: open ones go silent.
                 Behaviour::BlackHole | Behaviour::Refuse => continue,
