@@ -213,12 +213,13 @@ async fn writes_cosmos_refused_keep_the_cached_pages() {
     stack.shutdown().await;
 }
 
-/// A delete whose answer is lost after Cosmos applied it: the SDK's retry (deletes are retried
-/// after an ambiguous failure) finds no document and answers 404. The 404 alone reads "nothing
-/// was deleted"; the first attempt's record says it may have been, so the container is
-/// invalidated and the deleted city never comes back from the cache.
+/// Writes whose answer is lost after Cosmos applied them. A delete: the SDK's retry (deletes
+/// are retried after an ambiguous failure) finds no document and answers 404. The 404 alone
+/// reads "nothing was deleted" (and until this test, skipped the invalidation: the deleted
+/// city stayed cached); the first attempt's record says it may have been, so the container is
+/// invalidated. An upsert: the next read shows it, whatever the client was told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_whose_answer_was_lost_never_leaves_the_city_cached() {
+async fn writes_whose_answer_was_lost_never_leave_old_data_cached() {
     let mut stack = Stack::services(Mode::Forwarding, true, &[]);
     let upstream: std::net::SocketAddr = stack
         .cosmos
@@ -274,5 +275,24 @@ async fn a_delete_whose_answer_was_lost_never_leaves_the_city_cached() {
         "{id} was deleted: {}",
         after.text
     );
+
+    // The same for an upsert: whatever the client is told, the next read shows the write.
+    let cached = stack.get("query?state=Iowa").await;
+    assert_eq!(cached.cache(), "hit", "{}", cached.text);
+    proxy.set(Behaviour::DropAnswers);
+    let doc = json!({"id": id, "state": "Iowa", "city": "Lost Answer"}).to_string();
+    let upsert = stack.post("update", &doc);
+    let restore = async {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        proxy.set(Behaviour::Pass);
+    };
+    let (reply, ()) = tokio::join!(upsert, restore);
+    println!(
+        "upsert with its answer lost: {} {}",
+        reply.status, reply.text
+    );
+    let after = stack.get("query?state=Iowa").await;
+    assert_eq!(after.status, 200, "{}", after.text);
+    assert!(after.text.contains("Lost Answer"), "{}", after.text);
     stack.shutdown().await;
 }
