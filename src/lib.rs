@@ -7,7 +7,9 @@
 //!   query, store the page with a TTL, return it (`x-cache: hit|miss|bypass`; `hit-local` from
 //!   the optional in-process near cache, [`cache`]'s `near.rs`).
 //! - `update` — upsert or delete in Cosmos, then **invalidate** the container's cached queries
-//!   (flush-on-write) by bumping a generation number, only after Cosmos acknowledged the write.
+//!   (flush-on-write) by bumping a generation number, only after Cosmos answered: after a
+//!   failed write too, unless the SDK's record proves no attempt changed anything
+//!   (`store/applied.rs`).
 //!
 //! and a third function on the container's change feed (a `cosmosDBTrigger`, payload mode):
 //!
