@@ -28,8 +28,19 @@ fn app() -> axum::Router {
 }
 
 async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let (status, _, json) = send(request).await;
+    (status, json)
+}
+
+/// Status, `Allow` header and JSON body (`Null` when not JSON) of `request`.
+async fn send(request: Request<Body>) -> (StatusCode, Option<String>, serde_json::Value) {
     let response = app().oneshot(request).await.expect("infallible");
     let status = response.status();
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes = response
         .into_body()
         .collect()
@@ -37,7 +48,7 @@ async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
         .expect("body")
         .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, json)
+    (status, allow, json)
 }
 
 #[tokio::test]
@@ -76,32 +87,16 @@ async fn malformed_invocation_fails_and_unknown_function_is_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-/// Status, `Allow` header and JSON body of `method path`.
+/// [`send`] of `method path` with no body.
 async fn call_method(method: &str, path: &str) -> (StatusCode, Option<String>, serde_json::Value) {
-    let response = app()
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(path)
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let allow = response
-        .headers()
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, allow, json)
+    send(
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await
 }
 
 #[tokio::test]

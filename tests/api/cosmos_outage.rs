@@ -27,21 +27,7 @@ async fn iowa_page_2(stack: &Stack) -> Reply {
 }
 
 async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
-    // The handler reaches Cosmos through a TCP proxy that can be cut, so that the endpoint
-    // (and with it the cache keys' account scope) stays the same across the outage.
-    let mut stack = Stack::services(mode, true, &[]);
-    let upstream: std::net::SocketAddr = stack
-        .cosmos
-        .endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("the local server's address");
-    let proxy = ChaosProxy::start(upstream).await;
-    stack.set_env(
-        "COSMOS_ENDPOINT",
-        &format!("http://127.0.0.1:{}/", proxy.port),
-    );
+    let (mut stack, proxy) = services_behind_a_proxy(mode).await;
     stack.start_handler().await;
     let post_body = json!({
         "query": "SELECT * FROM c WHERE c.state = @s",
@@ -84,10 +70,10 @@ async fn cached_pages_survive_a_cosmos_outage_on_a_fresh_instance(mode: Mode) {
     stack.shutdown().await;
 }
 
-/// A stack whose handler reaches Cosmos through a proxy, with `state=Iowa` cached (and the
-/// container's partition-key path known, as on any instance that has served a miss).
-async fn stack_behind_a_proxy() -> (Stack, ChaosProxy, Reply) {
-    let mut stack = Stack::services(Mode::Forwarding, true, &[]);
+/// Services for a handler that reaches Cosmos through a proxy (not started): the proxy can cut
+/// Cosmos off while the endpoint, and with it the cache keys' account scope, stays the same.
+async fn services_behind_a_proxy(mode: Mode) -> (Stack, ChaosProxy) {
+    let mut stack = Stack::services(mode, true, &[]);
     let upstream: std::net::SocketAddr = stack
         .cosmos
         .endpoint
@@ -100,6 +86,13 @@ async fn stack_behind_a_proxy() -> (Stack, ChaosProxy, Reply) {
         "COSMOS_ENDPOINT",
         &format!("http://127.0.0.1:{}/", proxy.port),
     );
+    (stack, proxy)
+}
+
+/// A stack whose handler reaches Cosmos through a proxy, with `state=Iowa` cached (and the
+/// container's partition-key path known, as on any instance that has served a miss).
+async fn stack_behind_a_proxy() -> (Stack, ChaosProxy, Reply) {
+    let (mut stack, proxy) = services_behind_a_proxy(Mode::Forwarding).await;
     stack.start_handler().await;
     let page = stack.get("query?state=Iowa").await;
     assert_eq!((page.status, page.cache()), (200, "miss"), "{}", page.text);
@@ -213,6 +206,18 @@ async fn writes_cosmos_refused_keep_the_cached_pages() {
     stack.shutdown().await;
 }
 
+/// Runs `request` while Cosmos's answers are dropped, for 250 ms: its first attempt reaches
+/// Cosmos (and is applied) well before it times out; a retry after that goes through.
+async fn answers_lost_for_a_while<T>(proxy: &ChaosProxy, request: impl Future<Output = T>) -> T {
+    proxy.set(Behaviour::DropAnswers);
+    let restore = async {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        proxy.set(Behaviour::Pass);
+    };
+    let (reply, ()) = tokio::join!(request, restore);
+    reply
+}
+
 /// Writes whose answer is lost after Cosmos applied them. A delete: the SDK's retry (deletes
 /// are retried after an ambiguous failure) finds no document and answers 404. The 404 alone
 /// reads "nothing was deleted" (and until this test, skipped the invalidation: the deleted
@@ -220,19 +225,7 @@ async fn writes_cosmos_refused_keep_the_cached_pages() {
 /// invalidated. An upsert: the next read shows it, whatever the client was told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_whose_answer_was_lost_never_leave_old_data_cached() {
-    let mut stack = Stack::services(Mode::Forwarding, true, &[]);
-    let upstream: std::net::SocketAddr = stack
-        .cosmos
-        .endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("the local server's address");
-    let proxy = ChaosProxy::start(upstream).await;
-    stack.set_env(
-        "COSMOS_ENDPOINT",
-        &format!("http://127.0.0.1:{}/", proxy.port),
-    );
+    let (mut stack, proxy) = services_behind_a_proxy(Mode::Forwarding).await;
     // A lost answer times out after 0.5 s instead of the SDK's default 6 s.
     stack.set_env(
         "AZURE_COSMOS_CONNECTION_POOL_MAX_DATAPLANE_REQUEST_TIMEOUT_MS",
@@ -246,18 +239,8 @@ async fn writes_whose_answer_was_lost_never_leave_old_data_cached() {
         .expect("an Iowa city")
         .to_string();
 
-    proxy.set(Behaviour::DropAnswers);
-    let delete = {
-        let path = format!("update?id={id}&partitionKey=Iowa");
-        let stack = &stack;
-        async move { stack.delete(&path).await }
-    };
-    let restore = async {
-        // The first attempt has reached Cosmos (and been applied) well before it times out.
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        proxy.set(Behaviour::Pass);
-    };
-    let (reply, ()) = tokio::join!(delete, restore);
+    let path = format!("update?id={id}&partitionKey=Iowa");
+    let reply = answers_lost_for_a_while(&proxy, stack.delete(&path)).await;
     println!(
         "delete with its answer lost: {} {}",
         reply.status, reply.text
@@ -279,14 +262,8 @@ async fn writes_whose_answer_was_lost_never_leave_old_data_cached() {
     // The same for an upsert: whatever the client is told, the next read shows the write.
     let cached = stack.get("query?state=Iowa").await;
     assert_eq!(cached.cache(), "hit", "{}", cached.text);
-    proxy.set(Behaviour::DropAnswers);
     let doc = json!({"id": id, "state": "Iowa", "city": "Lost Answer"}).to_string();
-    let upsert = stack.post("update", &doc);
-    let restore = async {
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        proxy.set(Behaviour::Pass);
-    };
-    let (reply, ()) = tokio::join!(upsert, restore);
+    let reply = answers_lost_for_a_while(&proxy, stack.post("update", &doc)).await;
     println!(
         "upsert with its answer lost: {} {}",
         reply.status, reply.text
