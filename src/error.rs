@@ -47,7 +47,10 @@ pub enum AppError {
     /// A write request that failed part-way: `written` of `total` documents were acknowledged by
     /// Cosmos before `cause`. The status and code are the cause's. Upserts are idempotent, so
     /// the client can send the whole request again.
-    #[error("{cause} ({written} of {total} documents were written before the failure)")]
+    #[error(
+        "{cause} ({written} of {total} documents were acknowledged before the failure; sending \
+         the whole request again is safe: an upsert replaces the document)"
+    )]
     PartialWrite {
         /// Why the write stopped.
         cause: Box<AppError>,

@@ -188,7 +188,7 @@ pub struct Settings {
     pub notices: Vec<String>,
 }
 
-/// `LOG_FORMAT` through `get`: JSON lines for `json`, and by default on Azure (where
+/// `LOG_FORMAT` through `get` (any case): JSON lines for `json`, and by default on Azure (where
 /// `WEBSITE_INSTANCE_ID` is set on every App Service / Functions instance); text for `text`,
 /// and by default elsewhere.
 ///
@@ -196,7 +196,8 @@ pub struct Settings {
 /// `LOG_FORMAT` set to anything else.
 pub fn json_logs(get: impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
     let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-    match get(names::LOG_FORMAT).as_deref().map(str::trim) {
+    let format = get(names::LOG_FORMAT).map(|v| v.trim().to_ascii_lowercase());
+    match format.as_deref() {
         Some("json") => Ok(true),
         Some("text") => Ok(false),
         Some(_) => Err(ConfigError::new(

@@ -148,7 +148,9 @@ pub fn parse_redis_connection_string(s: &str) -> Result<RedisTarget, String> {
         // implemented is accepted: an option silently ignored once let two environments share
         // one cache (`defaultDatabase`, cf. stefanprodan/AspNetCoreRateLimit#288).
         match name.to_ascii_lowercase().as_str() {
-            "password" => password = Some(v.to_string()),
+            // `password=` (empty) is no password, as in `redis://:@host`: AUTH with an empty
+            // one fails against a server without a password, and every request bypassed.
+            "password" => password = Some(v.to_string()).filter(|p| !p.is_empty()),
             "user" => user = Some(v.trim().to_string()),
             "ssl" => {
                 tls = flag(v).ok_or("has ssl= that is neither True nor False")?;
@@ -243,6 +245,9 @@ mod tests {
         assert!(t.tls);
         assert_eq!(t.display_addr, "contoso.redis.cache.windows.net:6380");
         assert_eq!(t.info.redis_settings().password(), Some("ab/c+d=e=="));
+        // An empty password is none (AUTH "" fails against a server without one).
+        let t = parse_redis_connection_string("127.0.0.1:6379,password=").expect("parses");
+        assert_eq!(t.info.redis_settings().password(), None);
     }
 
     #[test]

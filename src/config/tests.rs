@@ -315,3 +315,26 @@ fn secret_debug_is_redacted() {
     let printed = format!("{s:?}");
     assert!(!printed.contains("c2VjcmV0"), "{printed}");
 }
+
+#[test]
+fn log_format_in_any_case_and_azure_default() {
+    let with = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    assert_eq!(super::json_logs(with(&[("LOG_FORMAT", "JSON")])), Ok(true));
+    assert_eq!(
+        super::json_logs(with(&[("LOG_FORMAT", " Text ")])),
+        Ok(false)
+    );
+    assert!(super::json_logs(with(&[("LOG_FORMAT", "xml")])).is_err());
+    assert_eq!(super::json_logs(with(&[])), Ok(false));
+    assert_eq!(
+        super::json_logs(with(&[("WEBSITE_INSTANCE_ID", "abc")])),
+        Ok(true)
+    );
+}

@@ -15,7 +15,19 @@ use crate::state::AppState;
 pub async fn dispatch(state: &AppState, req: &ApiRequest) -> ApiResponse {
     let result = match req.function {
         Function::Query => query::handle(state, req).await,
-        Function::Update => update::handle(state, req).await,
+        // A task of its own, awaited: when the caller goes away mid-write (the client or the
+        // host's timeout closes the connection, and the server drops this future), the write
+        // still runs to its invalidation. Dropped in place, a write Cosmos applied would have
+        // left the container's old pages cached.
+        Function::Update => {
+            let (state, req) = (state.clone(), req.clone());
+            tokio::spawn(async move { update::handle(&state, &req).await })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "the update task failed");
+                    Err(AppError::Internal)
+                })
+        }
     };
     result.unwrap_or_else(|e| e.into_api_response())
 }

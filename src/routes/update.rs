@@ -239,7 +239,7 @@ async fn upsert(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
         .sum();
     let first_error = results
         .into_iter()
-        .filter_map(|(i, r)| r.err().map(|e| (i, AppError::from(e.error))))
+        .filter_map(|(i, r)| r.err().map(|e| (i, failed_write(e))))
         .min_by_key(|(i, _)| *i);
     if let Some((i, cause)) = first_error {
         let cause = match cause {
@@ -313,7 +313,7 @@ async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
         Err(e) if !e.maybe_applied => None,
         _ => Some(state.cache.invalidate().await),
     };
-    let charge = result.map_err(|e| AppError::from(e.error))?;
+    let charge = result.map_err(failed_write)?;
     let mut response = ApiResponse::json(
         StatusCode::OK,
         Bytes::from(json!({ "deleted": 1 }).to_string()),
@@ -321,6 +321,18 @@ async fn delete(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppEr
     response.request_charge = Some(charge);
     response.invalidation = invalidation.map(invalidation_header);
     Ok(response)
+}
+
+/// The client's error for a failed write, saying so when it may still have been applied
+/// (the client must not read "unavailable" as "nothing happened").
+fn failed_write(e: WriteError) -> AppError {
+    match AppError::from(e.error) {
+        AppError::Unavailable(message) if e.maybe_applied => AppError::Unavailable(format!(
+            "{message} (the write may still have been applied, so the cached pages were \
+             invalidated)"
+        )),
+        other => other,
+    }
 }
 
 fn invalidation_header(i: Invalidation) -> &'static str {

@@ -130,6 +130,11 @@ async fn writes_that_never_reached_cosmos_keep_the_cached_pages() {
             reply.text
         );
         assert_eq!(reply.header("x-cache-invalidation"), None, "{}", reply.text);
+        assert!(
+            !reply.text.contains("may still have been applied"),
+            "{}",
+            reply.text
+        );
     }
     assert_eq!(
         stack.generation(),
@@ -154,6 +159,12 @@ async fn a_write_that_may_have_reached_cosmos_still_invalidates() {
     let doc = json!({"id": "outage-3", "state": "Iowa", "city": "Maybe"});
     let reply = stack.post("update", &doc.to_string()).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
+    // The client is told the outcome is unknown, not that nothing happened.
+    assert!(
+        reply.text.contains("may still have been applied"),
+        "{}",
+        reply.text
+    );
     let (_, after) = stack.generation();
     assert!(after > before, "generation {before:?} -> {after:?}");
     let read = stack.get("query?state=Iowa").await;

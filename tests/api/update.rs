@@ -98,3 +98,52 @@ async fn invalid_batch_writes_nothing(mode: Mode) {
     assert_eq!(stack.get("query?state=Nowhere").await.json()["count"], 0);
     stack.shutdown().await;
 }
+
+/// A write runs to its invalidation even when its caller goes away mid-write (a client timeout,
+/// the host's `functionTimeout`): the server drops the request's future, and a write Cosmos
+/// applied afterwards used to leave the old pages cached until their TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_invalidated_even_when_its_caller_goes_away() {
+    let stack = Stack::start(Mode::Forwarding).await;
+    let page = stack.get("query?state=Iowa").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let id = page.json()["items"][0]["id"]
+        .as_str()
+        .expect("an Iowa city")
+        .to_string();
+    assert_eq!(stack.get("query?state=Iowa").await.cache(), "hit");
+    // Cosmos takes 1.5 s to apply the write; the caller gives up after 0.3 s.
+    stack
+        .cosmos
+        .fault(serde_json::json!({"kind": "upsert", "count": 1, "delayMs": 1500, "db": stack.database}))
+        .await;
+    let doc = serde_json::json!({"id": id, "state": "Iowa", "city": "Caller Gone"});
+    let sent = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/update",
+            stack.handler_port()
+        ))
+        .timeout(std::time::Duration::from_millis(300))
+        .body(doc.to_string())
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{sent:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    loop {
+        let read = stack.get("query?state=Iowa").await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        if read.text.contains("Caller Gone") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "6 s after the write, the page is still the old one ({})",
+            read.cache()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stack.shutdown().await;
+}
