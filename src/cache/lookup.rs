@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Value};
@@ -121,6 +121,7 @@ impl Cache {
         // The token names this instance, so that a flight which waits for a lease taken by one of
         // its own followers (their lookups raced) knows the lease is its own.
         let token = format!("{}:{}", inner.instance_id, keys::random_generation());
+        let asked = Instant::now();
         let (generation, lease) = match self.lookup(&hash, &token).await {
             Ok(LookupReply::Stored {
                 generation,
@@ -132,8 +133,11 @@ impl Cache {
                     // Serve the stored bytes as they are: no copy, no re-serialization.
                     let body = Bytes::from(value).slice(keys::VALUE_FORMAT.len()..);
                     // Kept in L1 no longer than Redis keeps it: the TTL bounds how long a
-                    // write that bypassed `update` can stay hidden, with or without L1.
+                    // write that bypassed `update` can stay hidden, with or without L1. The
+                    // remaining TTL was read at some point after `asked`: counted from there,
+                    // L1 lets go no later than Redis, however slow the reply was.
                     if let (Some((near, _)), Some(epoch)) = (&inner.near, epoch) {
+                        let ttl = ttl.map(|t| t.saturating_sub(asked.elapsed()));
                         near.insert(&hash, &body, epoch, ttl);
                     }
                     return Ok(Served {

@@ -275,7 +275,10 @@ impl Cache {
         let info = target.info.clone().set_redis_settings(redis_settings);
         let client = redis::Client::open(info)
             .map_err(|e| CacheBuildError(format!("invalid Redis settings: {:?}", e.kind())))?;
-        let near = near::NearCache::new(settings.local_max_bytes, settings.ttl);
+        // A page this instance filled lives in Redis for the TTL ± the jitter: L1 keeps it for
+        // the shortest of those, so it never outlives its Redis entry.
+        let shortest = settings.ttl * (100 - u32::from(settings.ttl_jitter_percent)) / 100;
+        let near = near::NearCache::new(settings.local_max_bytes, shortest);
         Ok(Some((near, client)))
     }
 
