@@ -127,6 +127,7 @@ pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
         store: Arc::new(store),
         tokens: continuation::TokenBinder::new(scope),
         identity: sources.into(),
+        writes: tokio_util::task::TaskTracker::new(),
     })
 }
 
@@ -201,9 +202,25 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| StartupError::Serve(e.to_string()))?;
+    // Connections are drained; writes whose caller went away may still be running. Each is
+    // bounded by the Cosmos SDK's timeouts and the Redis timeout; the cap is for a stuck one.
+    state.writes.close();
+    if tokio::time::timeout(WRITES_DRAIN, state.writes.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = state.writes.len(),
+            "shut down with writes still in flight: their invalidation may be lost"
+        );
+    }
     tracing::info!("shut down");
     Ok(())
 }
+
+/// Longest shutdown waits for `update` writes whose caller went away: past the SDK's 6 s
+/// request timeout with a retry, within the host's grace before it kills the process.
+const WRITES_DRAIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Logs the cache counters once a minute when they changed (a cheap heartbeat in the
 /// Functions log stream).

@@ -20,4 +20,7 @@ pub struct AppState {
     /// The Entra ID token sources in use (Redis, Cosmos), for diagnostics; empty with keys.
     /// Shared, not copied: the state is cloned on every request.
     pub identity: Arc<[TokenSource]>,
+    /// The `update` writes in flight, each a task of its own: shutdown waits for them, so a
+    /// write whose caller went away still reaches its invalidation before the process exits.
+    pub writes: tokio_util::task::TaskTracker,
 }

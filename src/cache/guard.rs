@@ -219,6 +219,35 @@ impl GuardedRedis {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return Err(Failure::Open);
         }
+        self.call(call).await
+    }
+
+    /// [`Self::run`] even while the breaker is open, for the calls correctness needs (a write's
+    /// invalidation): skipping one would let other instances serve the old page, and Redis may
+    /// well answer again before the cool-down ends (it only lets reads skip the timeout). A
+    /// success closes the breaker at once.
+    ///
+    /// # Errors
+    /// [`Failure`] when the call timed out or Redis returned an error.
+    pub async fn run_past_breaker<T, F, Fut>(&self, call: F) -> Result<T, Failure>
+    where
+        F: FnOnce(RedisConn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let open = self.state() == CircuitState::Open;
+        let outcome = self.call(call).await;
+        if open && outcome.is_ok() {
+            self.close_breaker();
+        }
+        outcome
+    }
+
+    /// One call on a clone of the shared connection, within the timeout; counts its outcome.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, Failure>
+    where
+        F: FnOnce(RedisConn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let conn = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
         let outcome = match tokio::time::timeout(self.timeout, call(conn)).await {
             Ok(Ok(v)) => Ok(v),

@@ -85,8 +85,8 @@ impl Cache {
                 }
                 inner.invalidation_pending.store(true, Ordering::Release);
             }
-            // Capped low: while the breaker is open a try costs nothing (it fails fast), and
-            // after a failover the pending window is what other instances may serve stale.
+            // Capped low: after a failover, or once Redis answers again, the pending window is
+            // what other instances may serve stale. Each try costs at most the Redis timeout.
             delay = (delay * 2).min(RETRY_MAX_DELAY);
         }
     }
@@ -116,9 +116,11 @@ impl Cache {
     /// `versions`, recording them first in the same script ([`super::scripts::RECORD`]).
     async fn try_bump(&self, versions: &[String]) -> Result<(), Failure> {
         let inner = &self.inner;
+        // Past the breaker: it lets reads skip a failing Redis, but a skipped bump is a window
+        // in which other instances serve the old page although Redis may answer again.
         let bumped = inner
             .redis
-            .run(|mut conn| {
+            .run_past_breaker(|mut conn| {
                 let mut invocation = if versions.is_empty() {
                     inner.bump.key(&inner.gen_key)
                 } else {

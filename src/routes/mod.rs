@@ -17,11 +17,13 @@ pub async fn dispatch(state: &AppState, req: &ApiRequest) -> ApiResponse {
         Function::Query => query::handle(state, req).await,
         // A task of its own, awaited: when the caller goes away mid-write (the client or the
         // host's timeout closes the connection, and the server drops this future), the write
-        // still runs to its invalidation. Dropped in place, a write Cosmos applied would have
-        // left the container's old pages cached.
+        // still runs to its invalidation, and shutdown waits for it (`AppState::writes`).
+        // Dropped in place, a write Cosmos applied would have left the old pages cached.
         Function::Update => {
-            let (state, req) = (state.clone(), req.clone());
-            tokio::spawn(async move { update::handle(&state, &req).await })
+            let (task_state, req) = (state.clone(), req.clone());
+            state
+                .writes
+                .spawn(async move { update::handle(&task_state, &req).await })
                 .await
                 .unwrap_or_else(|e| {
                     tracing::error!(error = %e, "the update task failed");

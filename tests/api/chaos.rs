@@ -175,3 +175,34 @@ async fn wrongpass_after_key_rotation_recovers_without_restart() {
     println!("WRONGPASS fixed: hits resumed after {resumed:?}");
     stack.shutdown().await;
 }
+
+/// Once Redis answers again, a write's invalidation is tried even while the breaker is still
+/// open. The breaker used to skip it too: the write answered `pending`, and other instances
+/// served the old page until the cool-down ended and the retry landed (the breaker helper saw
+/// stale reads 600 ms after the write's 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_bumps_although_the_breaker_is_still_open() {
+    let mut stack = Stack::services(Mode::Forwarding, true, &[("REDIS_TIMEOUT_MS", "100")]);
+    let proxy = ChaosProxy::start(SocketAddr::from(([127, 0, 0, 1], stack.redis.port))).await;
+    stack.set_env("REDIS_CONNECTION_STRING", &proxy.redis_url());
+    stack.start_handler().await;
+    let page = stack.get("query?state=Maine").await;
+    assert_eq!(page.cache(), "miss", "{}", page.text);
+    let mut doc = page.json()["items"][0].clone();
+    doc["population"] = serde_json::json!(4242);
+    let (_, before) = stack.generation();
+
+    proxy.set(Behaviour::BlackHole);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.diagnostics().await["cache"]["circuit"] != "open" {
+        assert!(Instant::now() < deadline, "the breaker never opened");
+        assert_eq!(stack.get("query?state=Maine").await.status, 200);
+    }
+    proxy.set(Behaviour::Pass);
+    let write = stack.post("update", &doc.to_string()).await;
+    assert_eq!(write.status, 200, "{}", write.text);
+    assert_eq!(write.header("x-cache-invalidation"), Some("done"));
+    let (_, after) = stack.generation();
+    assert!(after > before, "generation {before:?} -> {after:?}");
+    stack.shutdown().await;
+}

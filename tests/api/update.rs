@@ -147,3 +147,58 @@ async fn a_write_is_invalidated_even_when_its_caller_goes_away() {
     }
     stack.shutdown().await;
 }
+
+/// The same, when the handler is stopped (SIGTERM: a scale-in, a deployment) right after the
+/// caller went away: shutdown waits for the write and its invalidation. It used to return at
+/// once (no connection open any more) and the process exited with the write's task, so a
+/// write Cosmos applied left every instance's old page cached until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_write_whose_caller_went_away() {
+    let stack = Stack::services(Mode::Forwarding, true, &[]);
+    let settings = stack.settings();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        cosmos_cache_handler::run(listener, &settings, root, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/api/query?state=Iowa");
+    let page = http.get(&url).send().await.expect("query");
+    let page: serde_json::Value = page.json().await.expect("JSON page");
+    let id = page["items"][0]["id"].as_str().expect("an Iowa city");
+    let (_, before) = stack.generation();
+    // Cosmos takes 1.5 s to apply the write; the caller gives up after 0.3 s, then the
+    // handler is told to stop.
+    stack
+        .cosmos
+        .fault(serde_json::json!({"kind": "upsert", "count": 1, "delayMs": 1500, "db": stack.database}))
+        .await;
+    let doc = serde_json::json!({"id": id, "state": "Iowa", "city": "Stopped Midway"});
+    let sent = http
+        .post(format!("http://{addr}/api/update"))
+        .timeout(std::time::Duration::from_millis(300))
+        .body(doc.to_string())
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{sent:?}"
+    );
+    let _ = stop.send(());
+    let started = std::time::Instant::now();
+    server.await.expect("joins").expect("serves and stops");
+    let (_, after) = stack.generation();
+    println!("shutdown took {:?}", started.elapsed());
+    assert!(
+        after > before,
+        "run returned before the write's invalidation: generation {before:?} -> {after:?}"
+    );
+    stack.shutdown().await;
+}
