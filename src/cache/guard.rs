@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::entra::{EntraCredentials, reauth_loop};
+use super::redis_error::{self, redis_reason};
 use crate::identity::Token;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,10 @@ use super::connection::{Connector, connect};
 pub const FAILURES_TO_OPEN: u32 = 5;
 /// How long an open breaker skips Redis.
 pub const COOL_DOWN: Duration = Duration::from_secs(1);
+/// While the breaker is open, at most one call per this interval goes past it
+/// ([`GuardedRedis::run_past_breaker`]): Redis answering again is noticed within it, and an
+/// outage costs the timeout that often, not on every write.
+pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a guarded call did not return a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +69,8 @@ pub struct GuardedRedis {
     consecutive_failures: AtomicU32,
     /// Milliseconds since `started` until which the breaker is open; 0 = closed.
     open_until_ms: AtomicU64,
+    /// Milliseconds since `started` of the last call past the open breaker.
+    last_probe_ms: AtomicU64,
     /// Whether the breaker has opened since the last success (half-open after cool-down).
     tripped: std::sync::atomic::AtomicBool,
     /// Times the breaker opened.
@@ -136,6 +143,7 @@ impl GuardedRedis {
             started: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
             tripped: std::sync::atomic::AtomicBool::new(false),
             opened: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -222,19 +230,34 @@ impl GuardedRedis {
         self.call(call).await
     }
 
-    /// [`Self::run`] even while the breaker is open, for the calls correctness needs (a write's
-    /// invalidation): skipping one would let other instances serve the old page, and Redis may
-    /// well answer again before the cool-down ends (it only lets reads skip the timeout). A
-    /// success closes the breaker at once.
+    /// [`Self::run`] for the calls correctness needs (a write's invalidation), which also goes
+    /// past an open breaker, at most once per [`PROBE_EVERY`]: a skipped call lets other
+    /// instances serve the old page, and Redis may well answer again before the cool-down ends
+    /// (the breaker is there so that reads skip the timeout). A success closes the breaker.
     ///
     /// # Errors
-    /// [`Failure`] when the call timed out or Redis returned an error.
+    /// [`Failure`] when the breaker is open and another call went past it less than
+    /// [`PROBE_EVERY`] ago, the call timed out or Redis returned an error.
     pub async fn run_past_breaker<T, F, Fut>(&self, call: F) -> Result<T, Failure>
     where
         F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let open = self.state() == CircuitState::Open;
+        if open {
+            let now = self.now_ms();
+            let last = self.last_probe_ms.load(Ordering::Acquire);
+            let due = now >= last + PROBE_EVERY.as_millis() as u64;
+            if !due
+                || self
+                    .last_probe_ms
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::Open);
+            }
+        }
         let outcome = self.call(call).await;
         if open && outcome.is_ok() {
             self.close_breaker();
@@ -300,42 +323,8 @@ impl GuardedRedis {
 }
 
 impl GuardedRedis {
-    /// [`redis_reason`], plus, when Redis refused the credentials, the settings to check.
+    /// What went wrong, naming the settings to check when Redis refused the credentials.
     fn reason(&self, e: &redis::RedisError) -> String {
-        let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
-            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
-        let reason = redis_reason(e);
-        match (refused, self.entra.is_some()) {
-            (false, _) => reason,
-            (true, false) => format!(
-                "{reason}: Redis refused the credentials of {} (a wrong or rotated password, or \
-                 access keys disabled: use {} and {} for Microsoft Entra ID)",
-                crate::config::names::REDIS,
-                crate::config::names::REDIS_IDENTITY_HOST,
-                crate::config::names::REDIS_IDENTITY_PRINCIPAL
-            ),
-            (true, true) => format!(
-                "{reason}: Redis refused the Entra ID token of {} (no valid token yet, or no \
-                 data access policy assignment for that object id)",
-                crate::config::names::REDIS_IDENTITY_PRINCIPAL
-            ),
-        }
-    }
-}
-
-/// The error's kind and, for server errors, its code (never a password: the redis crate's
-/// errors carry no connection parameters).
-fn redis_reason(e: &redis::RedisError) -> String {
-    // The crate reports its own response timeout and a refused connect as I/O errors: name
-    // them, so a black-holed Redis reads "timeout" in logs and 503 bodies, not "Io".
-    if e.is_timeout() {
-        return "timeout (Redis did not answer)".into();
-    }
-    if e.is_connection_refusal() {
-        return "connection refused".into();
-    }
-    match e.code() {
-        Some(code) => format!("{:?} ({code})", e.kind()),
-        None => format!("{:?}", e.kind()),
+        redis_error::describe(e, self.entra.is_some())
     }
 }

@@ -34,8 +34,9 @@
 //! # When Redis fails
 //! Every Redis call goes through `guard.rs`'s `GuardedRedis`: an outer timeout (`REDIS_TIMEOUT_MS`)
 //! and a circuit breaker. Any error, timeout or open circuit answers the read from Cosmos with
-//! `x-cache: bypass`. An invalidation that fails is retried in the background until Redis
-//! accepts it; until then this instance bypasses the cache for reads.
+//! `x-cache: bypass`. A write's invalidation goes past an open breaker (at most one call per
+//! 100 ms). One that fails is retried in the background until Redis accepts it; until then
+//! this instance bypasses the cache for reads.
 
 //!
 //! # Layout
@@ -47,7 +48,8 @@
 //! - `change_feed.rs`: the change-feed function's bump, which skips `update`'s own writes;
 //! - `failover.rs`: the server identity that makes a failover move the generation;
 //! - `scripts.rs` + `scripts/*.lua`: the Lua scripts; `keys.rs`: key and value formats;
-//!   `guard.rs`: timeout and circuit breaker; `stats.rs`: the counters;
+//!   `guard.rs`: timeout and circuit breaker; `redis_error.rs`: what a Redis error says;
+//!   `stats.rs`: the counters;
 //! - `near.rs`: the optional in-process near cache (L1), kept correct by Redis's
 //!   server-assisted invalidation of the generation key.
 
@@ -61,6 +63,7 @@ pub(crate) mod keys;
 mod lease;
 mod lookup;
 mod near;
+mod redis_error;
 mod scripts;
 mod single_flight;
 mod stats;

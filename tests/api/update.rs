@@ -99,6 +99,25 @@ async fn invalid_batch_writes_nothing(mode: Mode) {
     stack.shutdown().await;
 }
 
+/// Sends `doc` to `update` at `base` while Cosmos takes 1.5 s to apply it, and gives up after
+/// 0.3 s, as a client's or the host's timeout does.
+async fn write_and_go_away(stack: &Stack, base: &str, doc: &serde_json::Value) {
+    stack
+        .cosmos
+        .fault(serde_json::json!({"kind": "upsert", "count": 1, "delayMs": 1500, "db": stack.database}))
+        .await;
+    let sent = reqwest::Client::new()
+        .post(format!("{base}/api/update"))
+        .timeout(std::time::Duration::from_millis(300))
+        .body(doc.to_string())
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "{sent:?}"
+    );
+}
+
 /// A write runs to its invalidation even when its caller goes away mid-write (a client timeout,
 /// the host's `functionTimeout`): the server drops the request's future, and a write Cosmos
 /// applied afterwards used to leave the old pages cached until their TTL.
@@ -112,25 +131,9 @@ async fn a_write_is_invalidated_even_when_its_caller_goes_away() {
         .expect("an Iowa city")
         .to_string();
     assert_eq!(stack.get("query?state=Iowa").await.cache(), "hit");
-    // Cosmos takes 1.5 s to apply the write; the caller gives up after 0.3 s.
-    stack
-        .cosmos
-        .fault(serde_json::json!({"kind": "upsert", "count": 1, "delayMs": 1500, "db": stack.database}))
-        .await;
     let doc = serde_json::json!({"id": id, "state": "Iowa", "city": "Caller Gone"});
-    let sent = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/api/update",
-            stack.handler_port()
-        ))
-        .timeout(std::time::Duration::from_millis(300))
-        .body(doc.to_string())
-        .send()
-        .await;
-    assert!(
-        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "{sent:?}"
-    );
+    let handler = format!("http://127.0.0.1:{}", stack.handler_port());
+    write_and_go_away(&stack, &handler, &doc).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
     loop {
         let read = stack.get("query?state=Iowa").await;
@@ -174,23 +177,9 @@ async fn shutdown_waits_for_a_write_whose_caller_went_away() {
     let page: serde_json::Value = page.json().await.expect("JSON page");
     let id = page["items"][0]["id"].as_str().expect("an Iowa city");
     let (_, before) = stack.generation();
-    // Cosmos takes 1.5 s to apply the write; the caller gives up after 0.3 s, then the
-    // handler is told to stop.
-    stack
-        .cosmos
-        .fault(serde_json::json!({"kind": "upsert", "count": 1, "delayMs": 1500, "db": stack.database}))
-        .await;
+    // The caller gives up on the write, then the handler is told to stop.
     let doc = serde_json::json!({"id": id, "state": "Iowa", "city": "Stopped Midway"});
-    let sent = http
-        .post(format!("http://{addr}/api/update"))
-        .timeout(std::time::Duration::from_millis(300))
-        .body(doc.to_string())
-        .send()
-        .await;
-    assert!(
-        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "{sent:?}"
-    );
+    write_and_go_away(&stack, &format!("http://{addr}"), &doc).await;
     let _ = stop.send(());
     let started = std::time::Instant::now();
     server.await.expect("joins").expect("serves and stops");
