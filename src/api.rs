@@ -211,20 +211,21 @@ pub fn query_pairs(raw: &str) -> Result<Vec<(String, String)>, String> {
         .iter()
         .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
     {
+        // (`+` for a space changes nothing about UTF-8: it is not replaced here.)
         let utf8 = |s: &str| {
-            percent_encoding::percent_decode(s.replace('+', " ").as_bytes())
+            percent_encoding::percent_decode_str(s)
                 .decode_utf8()
                 .is_ok()
         };
-        for part in raw.split('&').filter(|p| !p.is_empty()) {
+        // `form_urlencoded` skips empty segments too: the raw parts and the pairs line up.
+        let parts = raw.split('&').filter(|p| !p.is_empty());
+        for (part, (decoded_name, _)) in parts.zip(&pairs) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
             if !utf8(name) {
                 return Err(name.to_string());
             }
             if !utf8(value) {
-                let name = name.replace('+', " ");
-                let field = percent_encoding::percent_decode(name.as_bytes());
-                return Err(field.decode_utf8_lossy().into_owned());
+                return Err(decoded_name.clone());
             }
         }
     }

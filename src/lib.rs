@@ -184,10 +184,7 @@ pub async fn run(
         redis_tls = settings.redis.tls,
         redis_cluster = settings.redis.cluster,
         redis_auth = %settings.redis.identity.as_ref().map_or_else(
-            || match settings.redis.info.redis_settings().password() {
-                Some(_) => "password (REDIS_CONNECTION_STRING)".to_string(),
-                None => "none (no password in REDIS_CONNECTION_STRING)".to_string(),
-            },
+            || format!("{} (REDIS_CONNECTION_STRING)", settings.redis.auth_kind()),
             |id| format!("Microsoft Entra ID, {}", id.credential.describe())
         ),
         cosmos_auth = %match &settings.cosmos.auth {

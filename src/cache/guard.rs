@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use super::entra::{EntraCredentials, reauth_loop};
 use super::redis_error::{self, redis_reason};
+use crate::config::RedisTarget;
 use crate::identity::Token;
 use std::time::{Duration, Instant};
 
@@ -85,31 +86,25 @@ pub struct GuardedRedis {
     pub reauth_failures: AtomicU64,
     /// Entra ID: the token source and user (`None` with a password or no auth).
     entra: Option<EntraCredentials>,
-    /// How connections authenticate, for diagnostics: `entra-id`, `password` or `none`.
+    /// How connections authenticate, for diagnostics ([`crate::config::RedisTarget::auth_kind`]).
     auth: &'static str,
 }
 
 impl GuardedRedis {
-    /// A lazily connecting guard around `info`; `cluster` selects the cluster client.
-    /// `timeout` bounds every call. With `entra`, connections authenticate with its tokens and
-    /// a background task re-authenticates them with each new one (it needs a Tokio runtime).
+    /// A lazily connecting guard around `target` (its `cluster` flag selects the cluster
+    /// client). `timeout` bounds every call. With `entra`, connections authenticate with its
+    /// tokens and a background task re-authenticates them with each new one (it needs a Tokio
+    /// runtime).
     ///
     /// # Errors
     /// When the client cannot be created (a kind of error, no details).
     pub fn new(
-        info: redis::ConnectionInfo,
-        cluster: bool,
+        target: &RedisTarget,
         timeout: Duration,
         entra: Option<EntraCredentials>,
     ) -> Result<Arc<Self>, String> {
-        let auth = if entra.is_some() {
-            "entra-id"
-        } else if info.redis_settings().password().is_some() {
-            "password"
-        } else {
-            "none"
-        };
-        let connector = if cluster {
+        let info = target.info.clone();
+        let connector = if target.cluster {
             let mut builder = redis::cluster::ClusterClientBuilder::new(vec![info]);
             if let Some(credentials) = &entra {
                 builder = builder.set_credentials_provider(credentials.clone());
@@ -151,7 +146,7 @@ impl GuardedRedis {
             reauths: AtomicU64::new(0),
             reauth_failures: AtomicU64::new(0),
             entra: entra.clone(),
-            auth,
+            auth: target.auth_kind(),
         });
         if let (Some(runtime), Some(credentials)) = (runtime, entra) {
             runtime.spawn(reauth_loop(Arc::downgrade(&guard), credentials));
@@ -159,8 +154,8 @@ impl GuardedRedis {
         Ok(guard)
     }
 
-    /// How connections authenticate: `entra-id` (tokens), `password` (from the connection
-    /// string; with or without a user) or `none`. Never the secret itself.
+    /// How connections authenticate, as given to [`Self::new`]: `entra-id`, `password` or
+    /// `none`. Never the secret itself.
     pub fn auth_kind(&self) -> &'static str {
         self.auth
     }

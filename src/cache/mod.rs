@@ -185,13 +185,8 @@ impl Cache {
         entra: Option<EntraCredentials>,
     ) -> Result<Self, CacheBuildError> {
         let entra_on = entra.is_some();
-        let redis = GuardedRedis::new(
-            target.info.clone(),
-            target.cluster,
-            settings.redis_timeout,
-            entra,
-        )
-        .map_err(CacheBuildError)?;
+        let redis =
+            GuardedRedis::new(target, settings.redis_timeout, entra).map_err(CacheBuildError)?;
         let tag = format!("{{{scope}}}");
         let gen_key = format!("cc:{tag}:gen");
         let near = Self::near_cache(target, &settings, entra_on)?;

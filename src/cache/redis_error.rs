@@ -12,14 +12,14 @@ pub(super) fn describe(e: &redis::RedisError, entra: bool) -> String {
         (false, _) => reason,
         (true, false) => format!(
             "{reason}: Redis refused the credentials of {} (a wrong or rotated password, or \
-                 access keys disabled: use {} and {} for Microsoft Entra ID)",
+             access keys disabled: use {} and {} for Microsoft Entra ID)",
             crate::config::names::REDIS,
             crate::config::names::REDIS_IDENTITY_HOST,
             crate::config::names::REDIS_IDENTITY_PRINCIPAL
         ),
         (true, true) => format!(
             "{reason}: Redis refused the Entra ID token of {} (no valid token yet, or no \
-                 data access policy assignment for that object id)",
+             data access policy assignment for that object id)",
             crate::config::names::REDIS_IDENTITY_PRINCIPAL
         ),
     }

@@ -54,6 +54,20 @@ pub struct RedisTarget {
     pub identity: Option<super::RedisIdentity>,
 }
 
+impl RedisTarget {
+    /// How connections authenticate, for logs and diagnostics: `entra-id` (tokens), `password`
+    /// (from the connection string, with or without a user) or `none`. Never the secret itself.
+    pub fn auth_kind(&self) -> &'static str {
+        if self.identity.is_some() {
+            "entra-id"
+        } else if self.info.redis_settings().password().is_some() {
+            "password"
+        } else {
+            "none"
+        }
+    }
+}
+
 impl fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTarget")
