@@ -69,10 +69,22 @@ pub fn spec_from_query_string(query: &[(String, String)]) -> Result<QuerySpec, A
     let mut continuation = None;
     let mut partition_key = None;
     for (name, value) in query {
+        // The function key: the host reads it case-insensitively (`?Code=` is the key too),
+        // and it must never become a filter value sent to Cosmos DB; whatever it holds.
+        if name.eq_ignore_ascii_case("code") {
+            continue;
+        }
+        // Bytes that were not UTF-8 once percent-decoded (`?city=%FF`) reach here as U+FFFD:
+        // the Functions host decodes the query lossily and re-encodes what it forwards, so the
+        // replacement character is all that is left of them. A filter on it would run, and
+        // cache, a query the client never meant.
+        if name.contains('\u{FFFD}') || value.contains('\u{FFFD}') {
+            return Err(AppError::bad_request(
+                name.as_str(),
+                "is not UTF-8 once percent-decoded (it holds U+FFFD, the replacement character)",
+            ));
+        }
         match name.as_str() {
-            // The function key: the host reads it case-insensitively (`?Code=` is the key too),
-            // and it must never become a filter value sent to Cosmos DB.
-            code if code.eq_ignore_ascii_case("code") => {}
             "maxItemCount" => max_item_count = parse_max_item_count(value)?,
             "continuation" => continuation = Some(value.clone()).filter(|c| !c.is_empty()),
             "partitionKey" if value.is_empty() => {}
