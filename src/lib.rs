@@ -128,6 +128,7 @@ pub fn build_state(settings: &Settings) -> Result<AppState, StartupError> {
         tokens: continuation::TokenBinder::new(scope),
         identity: sources.into(),
         writes: tokio_util::task::TaskTracker::new(),
+        queries: routes::query_memo::QueryMemo::default(),
     })
 }
 

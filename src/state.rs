@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::cache::Cache;
 use crate::continuation::TokenBinder;
 use crate::identity::TokenSource;
+use crate::routes::query_memo::QueryMemo;
 use crate::store::Store;
 
 /// Shared by all invocations: one Redis connection (inside [`Cache`]) and one Cosmos client
@@ -23,4 +24,7 @@ pub struct AppState {
     /// The `update` writes in flight, each a task of its own: shutdown waits for them, so a
     /// write whose caller went away still reaches its invalidation before the process exits.
     pub writes: tokio_util::task::TaskTracker,
+    /// What the `GET` query strings seen so far resolved to (spec and cache key), so that a
+    /// hit does not work it out again.
+    pub queries: QueryMemo,
 }

@@ -7,10 +7,12 @@
 //! ## Layout
 //! - this file: the subscriber (filter, formats, which stream a level goes to);
 //! - `batched.rs`: stdout written in batches by a thread of its own;
-//! - `json.rs`: the JSON line formatter (the stock one's bytes, at less cost per line).
+//! - `json.rs`: the JSON line formatter (the stock one's bytes, at less cost per line);
+//! - `time.rs`: the timestamp of both formats (the stock one's text, the date reused per second).
 
 mod batched;
 mod json;
+mod time;
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -44,7 +46,8 @@ pub fn init(json: bool) -> LogGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_target(false);
+        .with_target(false)
+        .with_timer(time::SecondCachedTime);
     // `try_init` fails only when a subscriber is already installed (tests): keep that one.
     let _ = if json {
         builder

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Value};
 
 use super::guard::Failure;
+use super::keys::{self, QueryHash};
 use super::lease::Lease;
-use super::{Cache, Filled, Inner, Served, keys};
+use super::{Cache, Filled, Inner, Served};
 use crate::api::CacheOutcome;
 use crate::error::AppError;
-use crate::store::QuerySpec;
 
 /// The lookup script's answer ([`super::scripts::LOOKUP`]).
 #[derive(Debug, PartialEq)]
@@ -85,14 +85,14 @@ impl FromRedisValue for LookupReply {
 }
 
 impl Cache {
-    /// Serves `spec`'s page from Redis, or runs `fill` (the Cosmos read, producing the response
-    /// body) and stores its result under the generation read *before* `fill` started.
+    /// Serves the page whose key is `hash` ([`super::query_hash`] of the query's spec) from L1
+    /// or Redis, or runs `fill` (the Cosmos read, producing the response body) and stores its result under the generation read *before* `fill` started.
     /// Concurrent identical misses on this instance share one `fill` (single-flight), and
     /// instances sharing the Redis take a fill lease so that one of them reads Cosmos.
     ///
     /// # Errors
     /// Whatever `fill` returns; Redis failures are never errors (they bypass).
-    pub async fn get_or_fill<F, Fut>(&self, spec: &QuerySpec, fill: F) -> Result<Served, AppError>
+    pub async fn get_or_fill<F, Fut>(&self, hash: QueryHash, fill: F) -> Result<Served, AppError>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Filled, AppError>> + Send + 'static,
@@ -101,7 +101,6 @@ impl Cache {
         if self.invalidation_pending() {
             return Self::bypass(inner, fill).await;
         }
-        let hash = keys::query_hash(spec);
         // L1 first: a page this instance holds under the current epoch, with tracking live.
         let epoch = match &inner.near {
             Some((near, client)) => {

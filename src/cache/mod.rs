@@ -81,6 +81,7 @@ use crate::error::AppError;
 pub use change_feed::{FeedInvalidation, FeedInvalidationFailed, OWN_WRITES_WINDOW};
 pub use entra::EntraCredentials;
 use guard::GuardedRedis;
+pub use keys::{QueryHash, query_hash};
 pub use stats::CacheStats;
 
 /// A filled page: the response body and what Cosmos charged for it (RU).

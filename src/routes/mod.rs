@@ -4,6 +4,7 @@
 
 pub mod invalidate;
 pub mod query;
+pub mod query_memo;
 mod query_spec;
 mod update;
 

@@ -19,8 +19,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::api::{ApiRequest, ApiResponse};
-use crate::cache::Filled;
+use crate::cache::{Filled, query_hash};
 use crate::error::AppError;
+use crate::routes::query_memo::Resolved;
 pub use crate::routes::query_spec::{
     DEFAULT_MAX_ITEM_COUNT, MAX_ITEM_COUNT, MAX_PARTITION_KEY_BYTES, MAX_QUERY_BYTES,
     MAX_QUERY_OPERATORS, RESERVED, pin_partition, spec_from_body, spec_from_query_string,
@@ -34,8 +35,12 @@ use crate::store::QuerySpec;
 /// # Errors
 /// `BadRequest` naming the field; store errors (`BadQuery`, `Throttled`, `Unavailable`).
 pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, AppError> {
+    let get = req.method == Method::GET;
+    if get && let Some(resolved) = state.queries.get(&req.query) {
+        return serve(state, &resolved, None).await;
+    }
     // Validate first: bad input is a 400 even while Cosmos is unreachable.
-    let client_spec = if req.method == Method::GET {
+    let client_spec = if get {
         spec_from_query_string(&req.query)?
     } else if req.method == Method::POST {
         spec_from_body(&req.body)?
@@ -47,7 +52,7 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
     // partition-key filter changes how Cosmos is asked, not the rows, so the container's
     // partition-key path is needed only on a miss: a hit needs nothing from Cosmos, even on
     // a fresh instance while Cosmos is unreachable.
-    let pin = req.method == Method::GET && client_spec.partition_key.is_none();
+    let pin = get && client_spec.partition_key.is_none();
     // A pinned GET and a POST of the same text and parameters return the same rows, but the
     // SDK's tokens of a single-partition and of a cross-partition query are not
     // interchangeable: each form gets its own cache entries and tokens, or a page cached by
@@ -63,14 +68,33 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
         .as_deref()
         .map(|token| state.tokens.open(&key_spec, token))
         .transpose()?;
-    // Shared with the fill, which runs only on a miss: a hit copies no part of the query.
-    let key_spec = Arc::new(key_spec);
-    let bound_to = key_spec.clone();
+    let resolved = Resolved {
+        hash: query_hash(&key_spec),
+        // Shared with the fill, which runs only on a miss: a hit copies no part of the query.
+        key_spec: Arc::new(key_spec),
+        pin,
+    };
+    if get && sdk_continuation.is_none() {
+        let resolved = Arc::new(resolved);
+        state.queries.insert(&req.query, resolved.clone());
+        return serve(state, &resolved, None).await;
+    }
+    serve(state, &resolved, sdk_continuation).await
+}
+
+/// Serves a resolved query from the cache, filling it from Cosmos (from `sdk_continuation`,
+/// the SDK's token inside the client's, when given) on a miss.
+async fn serve(
+    state: &AppState,
+    resolved: &Resolved,
+    sdk_continuation: Option<String>,
+) -> Result<ApiResponse, AppError> {
+    let (bound_to, pin) = (resolved.key_spec.clone(), resolved.pin);
     let store = state.store.clone();
     let tokens = state.tokens.clone();
     let served = state
         .cache
-        .get_or_fill(&key_spec, move || async move {
+        .get_or_fill(resolved.hash, move || async move {
             // What Cosmos is asked: the client's query, the SDK's own continuation token.
             let mut store_spec = QuerySpec::clone(&bound_to);
             store_spec.continuation = sdk_continuation;

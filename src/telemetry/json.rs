@@ -16,7 +16,9 @@ use std::fmt;
 use serde::ser::{SerializeMap, Serializer as _};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::time::FormatTime;
+
+use super::time::SecondCachedTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -29,7 +31,7 @@ thread_local! {
 }
 
 /// The event formatter for `LOG_FORMAT=json`; see the module docs.
-pub(crate) struct FlatJson<T = SystemTime> {
+pub(crate) struct FlatJson<T = SecondCachedTime> {
     timer: T,
     /// For events in a span or from the `log` crate.
     stock: Format<Json, T>,
@@ -37,7 +39,7 @@ pub(crate) struct FlatJson<T = SystemTime> {
 
 impl FlatJson {
     pub(crate) fn new() -> Self {
-        Self::with_timer(SystemTime)
+        Self::with_timer(SecondCachedTime)
     }
 }
 
