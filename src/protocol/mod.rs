@@ -16,11 +16,13 @@
 //! - this file: the router, the readiness probe, the one dispatch-and-log step both modes share;
 //! - `payload.rs`: the invocation-payload adapter (parse `Data.req`, write `Outputs.res`);
 //! - `envelope.rs`: the typed view of the invocation envelope `payload.rs` reads;
-//! - `forwarding.rs`: the forwarding adapter (the client's own request and response).
+//! - `forwarding.rs`: the forwarding adapter (the client's own request and response);
+//! - `pieces.rs`: a response body written as the pieces it was built from (payload answers).
 
 mod envelope;
 mod forwarding;
 mod payload;
+mod pieces;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,14 +1,17 @@
 //! Invocation-payload mode (§4, §5): `POST /{FunctionName}` with `{"Data":{"req":{...}},
 //! "Metadata":{...}}` in, `{"Outputs":{"res":{...}},"Logs":[...],"ReturnValue":null}` out.
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::envelope::Envelope;
+use super::pieces::Pieces;
 use super::{
     BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, Named, function_and_body, json_response, run,
 };
@@ -49,17 +52,29 @@ pub(super) async fn invocation(
         let (response, line) = run(&state, &request, "payload").await;
         (response, line.unwrap_or_default())
     };
-    json_response(
-        StatusCode::OK,
-        Bytes::from(invocation_result(&response, &log_line)),
+    let body = Pieces::new(invocation_pieces(&response, &log_line));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::new(body),
     )
+        .into_response()
 }
 
 /// The `{Outputs, Logs, ReturnValue}` envelope of §5 for `response`, serialized. `statusCode`
 /// is a string and `body` is the already-serialized JSON text as a JSON string, so the host
-/// writes it verbatim (§5.4). Written piece by piece so that the body's escaped form, when the
-/// near cache keeps one ([`ApiResponse::escaped`]), is copied in rather than escaped again.
+/// writes it verbatim (§5.4).
 pub fn invocation_result(response: &ApiResponse, log_line: &str) -> Vec<u8> {
+    let [head, body, tail] = invocation_pieces(response, log_line);
+    [head, body, tail].concat()
+}
+
+/// [`invocation_result`] in three pieces: the envelope before the body's JSON string, the
+/// string, and the envelope after it. The string is the near cache's escaped form when it
+/// keeps one ([`ApiResponse::escaped`]): shared, neither escaped nor copied again.
+fn invocation_pieces(response: &ApiResponse, log_line: &str) -> [Bytes; 3] {
     let body = match &response.escaped {
         Some(escaped) => escaped.literal(&response.body),
         None => crate::api::escape(&response.body),
@@ -70,19 +85,19 @@ pub fn invocation_result(response: &ApiResponse, log_line: &str) -> Vec<u8> {
         std::borrow::Cow::Borrowed("application/json"),
     );
     headers.extend(response.extra_headers());
-    let mut out = Vec::with_capacity(body.len() + log_line.len() + 256);
     // Writing strings and a map of strings into a Vec cannot fail. Key order as in §5.2's
     // example: `Outputs` (`res`: `statusCode`, `headers`, `body`), `Logs`, `ReturnValue`.
-    out.extend_from_slice(br#"{"Outputs":{"res":{"statusCode":"#);
-    let _ = serde_json::to_writer(&mut out, response.status.as_str());
-    out.extend_from_slice(br#","headers":"#);
-    let _ = serde_json::to_writer(&mut out, &headers);
-    out.extend_from_slice(br#","body":"#);
-    out.extend_from_slice(&body);
-    out.extend_from_slice(br#"}},"Logs":"#);
-    let _ = serde_json::to_writer(&mut out, &[log_line]);
-    out.extend_from_slice(br#","ReturnValue":null}"#);
-    out
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(br#"{"Outputs":{"res":{"statusCode":"#);
+    let _ = serde_json::to_writer(&mut head, response.status.as_str());
+    head.extend_from_slice(br#","headers":"#);
+    let _ = serde_json::to_writer(&mut head, &headers);
+    head.extend_from_slice(br#","body":"#);
+    let mut tail = Vec::with_capacity(log_line.len() + 48);
+    tail.extend_from_slice(br#"}},"Logs":"#);
+    let _ = serde_json::to_writer(&mut tail, &[log_line]);
+    tail.extend_from_slice(br#","ReturnValue":null}"#);
+    [Bytes::from(head), body, Bytes::from(tail)]
 }
 
 /// Why `body` is not a readable invocation: not JSON at all, or JSON of the wrong shape.
