@@ -77,3 +77,48 @@ impl<'a> MakeWriter<'a> for Stdout {
         }
     }
 }
+
+/// A non-negative number written with two decimals (`0.01`, `12.50`), as `{:.2}` writes it,
+/// through integer formatting (`itoa`): `{:.2}` runs the exact float-to-decimal algorithm, and the two
+/// such numbers of an invocation's log lines (its duration in ms, its RU) cost about as much
+/// as the rest of the line. Rounds half away from zero where `{:.2}` rounds half to even
+/// (`0.125` → `0.13`, not `0.12`); the numbers it writes are measurements, not money. Values
+/// that are negative, not finite or above 10¹² are written by `{:.2}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Hundredths(pub f64);
+
+impl std::fmt::Display for Hundredths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let x = self.0;
+        if !(0.0..1e12).contains(&x) {
+            return write!(f, "{x:.2}");
+        }
+        // Below 10¹⁴ after scaling: exact in an f64 and in a u64.
+        let cents = (x * 100.0).round() as u64;
+        let mut units = itoa::Buffer::new();
+        f.write_str(units.format(cents / 100))?;
+        let cents = (cents % 100) as u8;
+        let decimals = [b'.', b'0' + cents / 10, b'0' + cents % 10];
+        // Three ASCII bytes.
+        f.write_str(std::str::from_utf8(&decimals).unwrap_or(".00"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hundredths;
+
+    #[test]
+    fn hundredths_are_what_two_decimals_write() {
+        for x in [
+            0.0, 0.004, 0.006, 0.01, 0.5, 1.0, 2.5, 3.25159, 9.999, 99.994, 1234.5678,
+        ] {
+            assert_eq!(Hundredths(x).to_string(), format!("{x:.2}"), "{x}");
+        }
+        for x in [-1.5, f64::NAN, f64::INFINITY, 1e13] {
+            assert_eq!(Hundredths(x).to_string(), format!("{x:.2}"), "{x}");
+        }
+        // Ties round away from zero.
+        assert_eq!(Hundredths(0.125).to_string(), "0.13");
+    }
+}

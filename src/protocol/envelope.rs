@@ -29,7 +29,7 @@ pub(super) struct HttpReq {
     #[serde(rename = "Method", default)]
     pub(super) method: Option<Value>,
     #[serde(rename = "Query", default)]
-    pub(super) query: Option<Value>,
+    pub(super) query: Option<QueryField>,
     #[serde(rename = "Headers", default)]
     pub(super) headers: Option<ObjectOrNot<ContentTypes>>,
     #[serde(rename = "Body", default)]
@@ -179,5 +179,80 @@ impl ContentTypes {
                 .to_ascii_lowercase();
             media == "application/octet-stream" || media.contains("multipart")
         })
+    }
+}
+
+/// `Data.req.Query` as sent: an object (read straight into pairs, without a `Value` tree or a
+/// copy of its strings), a JSON string holding one (hosts before PR #6621), `null`, or
+/// anything else (refused where it is used).
+pub(super) enum QueryField {
+    /// The object's entries as (name, value) pairs, by name as a `serde_json::Map` orders
+    /// them, the last of a repeated name kept; values as `object_pairs` in `payload.rs` reads
+    /// them (a string as it is, `null` left out, an array joined with `,`, anything else as
+    /// its JSON text).
+    Pairs(Vec<(String, String)>),
+    Text(String),
+    Null,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for QueryField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = QueryField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the Query object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<QueryField, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                    if let Some(value) = super::payload::query_value(value) {
+                        pairs.push((name, value));
+                    }
+                }
+                // By name, the last of a repeated name kept: reversed, a stable sort puts the
+                // last one first among equals, and `dedup` keeps the first.
+                pairs.reverse();
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                pairs.dedup_by(|later, kept| later.0 == kept.0);
+                Ok(QueryField::Pairs(pairs))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<QueryField, E> {
+                Ok(QueryField::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<QueryField, E> {
+                Ok(QueryField::Text(v))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<QueryField, E> {
+                Ok(QueryField::Null)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<QueryField, E> {
+                Ok(QueryField::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<QueryField, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(QueryField::Other)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<QueryField, E> {
+                Ok(QueryField::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<QueryField, E> {
+                Ok(QueryField::Other)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<QueryField, E> {
+                Ok(QueryField::Other)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<QueryField, E> {
+                Ok(QueryField::Other)
+            }
+        }
+        deserializer.deserialize_any(Visit)
     }
 }

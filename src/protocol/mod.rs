@@ -46,6 +46,7 @@ use crate::api::{ApiRequest, ApiResponse, Function};
 use crate::error::AppError;
 use crate::routes;
 use crate::state::AppState;
+use crate::telemetry::Hundredths;
 use forwarding::forwarded;
 use payload::invocation;
 
@@ -207,20 +208,20 @@ async fn run(
         mode,
         status = response.status.as_u16(),
         cache,
-        duration_ms = format_args!("{duration_ms:.2}"),
+        duration_ms = format_args!("{}", Hundredths(duration_ms)),
         ru,
         invocation_id,
         "invocation"
     );
     let line = (mode == "payload").then(|| {
         format!(
-            "{} {} -> {} cache={} {:.2}ms RU={:.2}",
+            "{} {} -> {} cache={} {}ms RU={}",
             request.function.name(),
             request.method,
             response.status.as_u16(),
             cache,
-            duration_ms,
-            ru
+            Hundredths(duration_ms),
+            Hundredths(ru)
         )
     });
     (response, line)

@@ -10,7 +10,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::envelope::Envelope;
+use super::envelope::{Envelope, QueryField};
 use super::pieces::Pieces;
 use super::{
     BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, Named, function_and_body, json_response, run,
@@ -79,20 +79,22 @@ fn invocation_pieces(response: &ApiResponse, log_line: &str) -> [Bytes; 3] {
         Some(escaped) => escaped.literal(&response.body),
         None => crate::api::escape(&response.body),
     };
-    let mut headers = std::collections::BTreeMap::new();
-    headers.insert(
-        "Content-Type",
-        std::borrow::Cow::Borrowed("application/json"),
-    );
-    headers.extend(response.extra_headers());
-    // Writing strings and a map of strings into a Vec cannot fail. Key order as in §5.2's
-    // example: `Outputs` (`res`: `statusCode`, `headers`, `body`), `Logs`, `ReturnValue`.
+    // `Content-Type` first, then the others by name (all lower case, so after it).
+    let mut extra: Vec<_> = response.extra_headers().collect();
+    extra.sort_unstable_by_key(|(name, _)| *name);
+    // Writing strings into a Vec cannot fail. Key order as in §5.2's example: `Outputs`
+    // (`res`: `statusCode`, `headers`, `body`), `Logs`, `ReturnValue`.
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(br#"{"Outputs":{"res":{"statusCode":"#);
     let _ = serde_json::to_writer(&mut head, response.status.as_str());
-    head.extend_from_slice(br#","headers":"#);
-    let _ = serde_json::to_writer(&mut head, &headers);
-    head.extend_from_slice(br#","body":"#);
+    head.extend_from_slice(br#","headers":{"Content-Type":"application/json""#);
+    for (name, value) in &extra {
+        head.push(b',');
+        let _ = serde_json::to_writer(&mut head, name);
+        head.push(b':');
+        let _ = serde_json::to_writer(&mut head, value);
+    }
+    head.extend_from_slice(br#"},"body":"#);
     let mut tail = Vec::with_capacity(log_line.len() + 48);
     tail.extend_from_slice(br#"}},"Logs":"#);
     let _ = serde_json::to_writer(&mut tail, &[log_line]);
@@ -134,17 +136,19 @@ pub fn parse_invocation(
     };
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| "Data.req.Method is not an HTTP method".to_string())?;
-    let query = match &req.query {
-        None | Some(Value::Null) => query_from_url(req.url.as_ref().and_then(Value::as_str))
+    let query = match req.query {
+        None | Some(QueryField::Null) => query_from_url(req.url.as_ref().and_then(Value::as_str))
             .map_err(|field| {
-                format!("Data.req.Url: query parameter {field:?} is not UTF-8 once percent-decoded")
-            })?,
-        Some(Value::Object(map)) => object_pairs(map),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => object_pairs(&map),
+            format!("Data.req.Url: query parameter {field:?} is not UTF-8 once percent-decoded")
+        })?,
+        Some(QueryField::Pairs(pairs)) => pairs,
+        Some(QueryField::Text(text)) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(map)) => object_pairs(map),
             _ => return Err("Data.req.Query is a string but not a JSON object".into()),
         },
-        Some(_) => return Err("Data.req.Query is neither an object nor a string".into()),
+        Some(QueryField::Other) => {
+            return Err("Data.req.Query is neither an object nor a string".into());
+        }
     };
     let body = match req.body {
         None | Some(Value::Null) => Bytes::new(),
@@ -174,24 +178,29 @@ pub fn parse_invocation(
     })
 }
 
-/// Query values as strings; an array (which the host never sends) is joined with `,` as the
-/// host joins repeated keys (§4.3).
-fn object_pairs(map: &Map<String, Value>) -> Vec<(String, String)> {
-    map.iter()
-        .filter_map(|(k, v)| match v {
-            Value::String(s) => Some((k.clone(), s.clone())),
-            Value::Null => None,
-            Value::Array(items) => Some((
-                k.clone(),
-                items
-                    .iter()
-                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )),
-            other => Some((k.clone(), other.to_string())),
-        })
+/// Query values as strings (a `Query` object that came as a JSON string); see [`query_value`].
+fn object_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
+    map.into_iter()
+        .filter_map(|(k, v)| query_value(v).map(|v| (k, v)))
         .collect()
+}
+
+/// A `Query` value as a string: a string as it is, `null` left out, an array (which the host
+/// never sends) joined with `,` as the host joins repeated keys (§4.3), anything else as its
+/// JSON text.
+pub(super) fn query_value(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => Some(other.to_string()),
+    }
 }
 
 fn query_from_url(url: Option<&str>) -> Result<Vec<(String, String)>, String> {
