@@ -51,7 +51,8 @@
 //!    HTTP response (`protocol/payload.rs` is the same step for invocation payloads);
 //! 3. `routes/mod.rs`: `dispatch` picks the function;
 //! 4. `routes/query.rs` with `routes/query_spec.rs`: the query string becomes a
-//!    [`store::QuerySpec`] (or a 400 naming the field);
+//!    [`store::QuerySpec`] (or a 400 naming the field) and its cache key, once per spelling
+//!    per instance (`routes/query_memo.rs` keeps what each `GET` query string resolved to);
 //! 5. `cache/lookup.rs`: L1, then one Redis round trip; a hit ends here, a miss goes on to
 //!    the single flight and the store's `store/cosmos.rs`.
 //!
