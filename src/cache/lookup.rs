@@ -86,7 +86,8 @@ impl FromRedisValue for LookupReply {
 
 impl Cache {
     /// Serves the page whose key is `hash` ([`super::query_hash`] of the query's spec) from L1
-    /// or Redis, or runs `fill` (the Cosmos read, producing the response body) and stores its result under the generation read *before* `fill` started.
+    /// or Redis, or runs `fill` (the Cosmos read, producing the response body) and stores its
+    /// result under the generation read *before* `fill` started.
     /// Concurrent identical misses on this instance share one `fill` (single-flight), and
     /// instances sharing the Redis take a fill lease so that one of them reads Cosmos.
     ///

@@ -2,7 +2,7 @@
 //! pick `Data.req` (or a renamed HTTP binding) and the few fields used, and skip everything
 //! else unread. `payload.rs` turns the result into an [`crate::api::ApiRequest`].
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::HTTP_TRIGGER;
 
@@ -187,9 +187,7 @@ impl ContentTypes {
 /// anything else (refused where it is used).
 pub(super) enum QueryField {
     /// The object's entries as (name, value) pairs, by name as a `serde_json::Map` orders
-    /// them, the last of a repeated name kept; values as `object_pairs` in `payload.rs` reads
-    /// them (a string as it is, `null` left out, an array joined with `,`, anything else as
-    /// its JSON text).
+    /// them, the last of a repeated name kept; values as [`query_value`] reads them.
     Pairs(Vec<(String, String)>),
     Text(String),
     Null,
@@ -208,17 +206,20 @@ impl<'de> serde::Deserialize<'de> for QueryField {
                 self,
                 mut map: A,
             ) -> Result<QueryField, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some((name, value)) = map.next_entry::<String, Value>()? {
-                    if let Some(value) = super::payload::query_value(value) {
-                        pairs.push((name, value));
-                    }
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
                 }
-                // By name, the last of a repeated name kept: reversed, a stable sort puts the
-                // last one first among equals, and `dedup` keeps the first.
-                pairs.reverse();
-                pairs.sort_by(|a, b| a.0.cmp(&b.0));
-                pairs.dedup_by(|later, kept| later.0 == kept.0);
+                // By name, the last of a repeated name kept (`null` included, which then
+                // drops the name): reversed, a stable sort puts the last one first among
+                // equals, and `dedup` keeps the first.
+                entries.reverse();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.dedup_by(|later, kept| later.0 == kept.0);
+                let pairs = entries
+                    .into_iter()
+                    .filter_map(|(name, value)| query_value(value).map(|value| (name, value)))
+                    .collect();
                 Ok(QueryField::Pairs(pairs))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<QueryField, E> {
@@ -254,5 +255,30 @@ impl<'de> serde::Deserialize<'de> for QueryField {
             }
         }
         deserializer.deserialize_any(Visit)
+    }
+}
+
+/// Query values as strings (a `Query` object that came as a JSON string); see [`query_value`].
+pub(super) fn object_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
+    map.into_iter()
+        .filter_map(|(k, v)| query_value(v).map(|v| (k, v)))
+        .collect()
+}
+
+/// A `Query` value as a string: a string as it is, `null` left out, an array (which the host
+/// never sends) joined with `,` as the host joins repeated keys (§4.3), anything else as its
+/// JSON text.
+fn query_value(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => Some(other.to_string()),
     }
 }

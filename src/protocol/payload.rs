@@ -8,9 +8,9 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::response::Response;
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::envelope::{Envelope, QueryField};
+use super::envelope::{Envelope, QueryField, object_pairs};
 use super::pieces::Pieces;
 use super::{
     BODY_LIMIT, ENVELOPE_LIMIT, InvocationId, Named, function_and_body, json_response, run,
@@ -178,31 +178,6 @@ pub fn parse_invocation(
     })
 }
 
-/// Query values as strings (a `Query` object that came as a JSON string); see [`query_value`].
-fn object_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
-    map.into_iter()
-        .filter_map(|(k, v)| query_value(v).map(|v| (k, v)))
-        .collect()
-}
-
-/// A `Query` value as a string: a string as it is, `null` left out, an array (which the host
-/// never sends) joined with `,` as the host joins repeated keys (§4.3), anything else as its
-/// JSON text.
-pub(super) fn query_value(value: Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s),
-        Value::Null => None,
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        other => Some(other.to_string()),
-    }
-}
-
 fn query_from_url(url: Option<&str>) -> Result<Vec<(String, String)>, String> {
     url.and_then(|u| u.split_once('?'))
         .map(|(_, q)| query_pairs(q))
@@ -229,6 +204,35 @@ mod tests {
         let r = parse_invocation(Function::Query, url_only, None).expect("parses");
         assert_eq!(r.query, vec![("city".to_string(), "St. Louis".to_string())]);
         assert!(r.body.is_empty());
+    }
+
+    #[test]
+    fn query_object_reads_as_a_json_map_would() {
+        // The object form is read straight into pairs; the string form (older hosts) through
+        // a `serde_json::Map`. The same object must give the same pairs: by name, the last of
+        // a repeated name winning (also when it is null), null left out, arrays joined.
+        let object = r#"{"z":"1","a":[1,"x",null],"n":5,"b":true,"d":"first","d":null,"e":null,"e":"last","o":{"k":1}}"#;
+        let as_object = format!(r#"{{"Data":{{"req":{{"Method":"GET","Query":{object}}}}}}}"#);
+        let as_string = format!(
+            r#"{{"Data":{{"req":{{"Method":"GET","Query":{}}}}}}}"#,
+            serde_json::to_string(object).expect("a string")
+        );
+        let from_object = parse_invocation(Function::Query, as_object.as_bytes(), None);
+        let from_string = parse_invocation(Function::Query, as_string.as_bytes(), None);
+        let from_object = from_object.expect("parses").query;
+        assert_eq!(from_object, from_string.expect("parses").query);
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            from_object,
+            vec![
+                pair("a", "1,x,null"),
+                pair("b", "true"),
+                pair("e", "last"),
+                pair("n", "5"),
+                pair("o", r#"{"k":1}"#),
+                pair("z", "1"),
+            ]
+        );
     }
 
     #[test]
