@@ -132,7 +132,10 @@ async fn ready() -> &'static str {
 /// Read-only counters of this instance (not routed by the host: only reachable on loopback).
 async fn diagnostics(State(state): State<AppState>) -> Response {
     let identity: Vec<_> = state.identity.iter().map(|s| s.stats_json()).collect();
-    let body = json!({ "cache": state.cache.stats_json(), "identity": identity });
+    // `queryMemo`: the `GET` query strings this instance resolved and kept (bounded in bytes).
+    let memo = json!({ "entries": state.queries.len(), "bytes": state.queries.weight() });
+    let body =
+        json!({ "cache": state.cache.stats_json(), "identity": identity, "queryMemo": memo });
     json_response(StatusCode::OK, Bytes::from(body.to_string()))
 }
 

@@ -55,6 +55,13 @@ async fn miss_then_hit_identical_body(mode: Mode) {
         assert_eq!(reordered.cache(), "hit");
         assert_eq!(reordered.text, first.text);
     }
+    // Forwarded, the two spellings are two memo entries; in payload mode the host sends
+    // `Query` as an object, whose names arrive in one order whatever the client's.
+    let memo = stack.diagnostics().await["queryMemo"].clone();
+    let spellings = if mode == Mode::Payload { 1 } else { 2 };
+    assert_eq!(memo["entries"], spellings, "{memo}");
+    let bytes = memo["bytes"].as_u64().expect("bytes");
+    assert!(bytes > 0 && bytes <= 1 << 20, "{memo}");
     stack.shutdown().await;
 }
 
