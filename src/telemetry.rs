@@ -81,9 +81,11 @@ impl<'a> MakeWriter<'a> for Stdout {
 /// A non-negative number written with two decimals (`0.01`, `12.50`), as `{:.2}` writes it,
 /// through integer formatting (`itoa`): `{:.2}` runs the exact float-to-decimal algorithm, and the two
 /// such numbers of an invocation's log lines (its duration in ms, its RU) cost about as much
-/// as the rest of the line. Rounds half away from zero where `{:.2}` rounds half to even
-/// (`0.125` → `0.13`, not `0.12`); the numbers it writes are measurements, not money. Values
-/// that are negative, not finite or above 10¹² are written by `{:.2}`.
+/// as the rest of the line. It rounds the value times 100 to a whole number, where `{:.2}`
+/// rounds the exact binary value: where the third decimal is a 5 the two may differ by 0.01
+/// (`0.015`, a little less in binary, is `0.02` here and `0.01` there; `0.125` is `0.13` here,
+/// `0.12` there). The numbers it writes are measurements, not money. Values that are
+/// negative, not finite or above 10¹² are written by `{:.2}`.
 #[derive(Debug, Clone, Copy)]
 pub struct Hundredths(pub f64);
 
@@ -118,7 +120,8 @@ mod tests {
         for x in [-1.5, f64::NAN, f64::INFINITY, 1e13] {
             assert_eq!(Hundredths(x).to_string(), format!("{x:.2}"), "{x}");
         }
-        // Ties round away from zero.
+        // Where the third decimal is a 5, the value times 100 is what is rounded.
         assert_eq!(Hundredths(0.125).to_string(), "0.13");
+        assert_eq!(Hundredths(0.015).to_string(), "0.02");
     }
 }

@@ -105,8 +105,14 @@ fn invocation_pieces(response: &ApiResponse, log_line: &str) -> [Bytes; 3] {
 /// Why `body` is not a readable invocation: not JSON at all, or JSON of the wrong shape.
 fn invocation_error(body: &[u8], e: &serde_json::Error) -> String {
     if e.is_data() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-        // Valid JSON, wrong shape: `Data` (or the whole body) is not an object.
-        "no Data object".into()
+        // Valid JSON, wrong shape: a field given twice (serde's message names it), or `Data`
+        // (or the whole body) is not an object.
+        let message = e.to_string();
+        if message.starts_with("duplicate field") {
+            format!("Data.req: {message}")
+        } else {
+            "no Data object".into()
+        }
     } else {
         format!("body is not JSON: {e}")
     }
@@ -292,6 +298,12 @@ mod tests {
             Some("no Data object")
         );
         assert_eq!(parse(b"[1,2]").err().as_deref(), Some("no Data object"));
+        let twice = br#"{"Data":{"req":{"Method":"GET","Query":{},"Query":{}}}}"#;
+        let message = parse(twice).err().unwrap_or_default();
+        assert!(
+            message.starts_with("Data.req: duplicate field `Query`"),
+            "{message}"
+        );
         assert_eq!(
             parse(br#"{"Data":{"other":{"x":1}}}"#).err().as_deref(),
             Some("no HTTP request in Data")
