@@ -2,7 +2,7 @@
 //! pick `Data.req` (or a renamed HTTP binding) and the few fields used, and skip everything
 //! else unread. `payload.rs` turns the result into an [`crate::api::ApiRequest`].
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::HTTP_TRIGGER;
 
@@ -256,13 +256,6 @@ impl<'de> serde::Deserialize<'de> for QueryField {
         }
         deserializer.deserialize_any(Visit)
     }
-}
-
-/// Query values as strings (a `Query` object that came as a JSON string); see [`query_value`].
-pub(super) fn object_pairs(map: Map<String, Value>) -> Vec<(String, String)> {
-    map.into_iter()
-        .filter_map(|(k, v)| query_value(v).map(|v| (k, v)))
-        .collect()
 }
 
 /// A `Query` value as a string: a string as it is, `null` left out, an array (which the host

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
@@ -282,14 +283,14 @@ impl<S: Send + Sync> FromRequestParts<S> for InvocationId {
     }
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     (
         status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        body.into(),
     )
         .into_response()
 }

@@ -68,16 +68,14 @@ pub async fn handle(state: &AppState, req: &ApiRequest) -> Result<ApiResponse, A
         .as_deref()
         .map(|token| state.tokens.open(&key_spec, token))
         .transpose()?;
-    let resolved = Resolved {
+    let resolved = Arc::new(Resolved {
         hash: query_hash(&key_spec),
         // Shared with the fill, which runs only on a miss: a hit copies no part of the query.
         key_spec: Arc::new(key_spec),
         pin,
-    };
+    });
     if get && sdk_continuation.is_none() {
-        let resolved = Arc::new(resolved);
         state.queries.insert(&req.query, resolved.clone());
-        return serve(state, &resolved, None).await;
     }
     serve(state, &resolved, sdk_continuation).await
 }
